@@ -1,0 +1,215 @@
+//! `cordon daemon --config FILE [--uninstall]`: start-up order matters:
+//! audit store, listeners, programs (pointed at the listener), agent
+//! cgroups, control socket, then serve until SIGTERM/SIGINT. Pins stay in
+//! place on exit, so agents stay cordoned (refused) while the daemon is down.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, RwLock,
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tracing::{info, warn};
+
+use crate::{
+    audit,
+    capture::{cgroup, Capture, PinLayout},
+    config::Config,
+    control, identity, pins,
+    proxy::{self, Gateway, Stats},
+};
+
+/// Everything under the state directory lives here.
+fn audit_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("audit")
+}
+
+pub fn run(config_path: &Path, uninstall: bool) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    if uninstall {
+        return self::uninstall(&config);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+fn cgroup_root(config: &Config, mount: &Path) -> PathBuf {
+    config
+        .daemon
+        .cgroup_root
+        .clone()
+        .unwrap_or_else(|| mount.join("cordon"))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let state_dir = config.daemon.state_dir.clone();
+    create_private_dir(&state_dir)?;
+    let audit = Arc::new(
+        audit::Store::open(&audit_dir(&state_dir)).context("opening the session store")?,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let checkpointer = spawn_checkpointer(audit.clone(), stop.clone());
+
+    let mount = cgroup::cgroup2_mount()?;
+    let root = cgroup_root(&config, &mount);
+    if !root.starts_with(&mount) {
+        anyhow::bail!(
+            "{}: key `daemon.cgroup_root`: {} is not inside the cgroup2 mount {}",
+            config.file.display(),
+            root.display(),
+            mount.display()
+        );
+    }
+    cgroup::create(&root)?;
+
+    let listen = config.daemon.listen;
+    let listeners = proxy::bind(listen)
+        .with_context(|| format!("binding the proxy on {listen} and [::1]:{}", listen.port()))?;
+
+    let layout = PinLayout {
+        root: config.daemon.bpffs.clone(),
+    };
+    let mut capture = Capture::load(layout, listen)?;
+    capture.set_dns(&config.daemon.dns_resolvers)?;
+    let unix: Vec<Vec<u8>> = config
+        .daemon
+        .unix_allow
+        .iter()
+        .map(|n| n.sun_path())
+        .collect();
+    capture.set_unix_allow(&unix)?;
+
+    let identity = identity::Registry::default();
+    let runtime_pins = pins::load(&state_dir);
+    for (index, agent) in config.agents.iter().enumerate() {
+        let name = agent.name.as_str();
+        let path = match (runtime_pins.get(name), &agent.cgroup) {
+            (Some(p), _) | (None, Some(p)) => {
+                cgroup::check_inside(&mount, p).with_context(|| format!("agent `{name}`"))?;
+                p.clone()
+            }
+            (None, None) => {
+                let p = root.join(name);
+                cgroup::create(&p)?;
+                p
+            }
+        };
+        let attached = capture
+            .attach_agent(name, index as u32, &path)
+            .with_context(|| format!("attaching agent `{name}` to {}", path.display()))?;
+        identity.register(attached.id, agent.name.clone(), path);
+    }
+    let keep: Vec<&str> = config.agents.iter().map(|a| a.name.as_str()).collect();
+    for gone in capture.detach_others(&keep)? {
+        info!(agent = %gone, "detached an agent no longer in the config");
+    }
+    match cgroup::of_process(&mount, std::process::id()) {
+        Ok(own) => {
+            if let Err(e) = capture.attach_daemon_cgroup(&own) {
+                warn!(error = %e, "SO_ORIGINAL_DST support unavailable");
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot find the daemon's own cgroup"),
+    }
+
+    let control = control::bind(&config.daemon.control_socket)?;
+    let gw = Arc::new(Gateway {
+        config,
+        capture: RwLock::new(capture),
+        identity,
+        audit: audit.clone(),
+        stats: Stats::default(),
+    });
+    for listener in listeners {
+        tokio::spawn(proxy::serve(gw.clone(), listener));
+    }
+    tokio::spawn(control::serve(gw.clone(), control));
+    info!(
+        listen = %listen,
+        agents = gw.config.agents.len(),
+        control = %gw.config.daemon.control_socket.display(),
+        "cordon daemon ready"
+    );
+
+    wait_for_shutdown().await?;
+    info!("shutting down; agent cgroups stay cordoned (pins kept)");
+    stop.store(true, Ordering::Relaxed);
+    let _ = checkpointer.join();
+    audit.checkpoint().context("final audit checkpoint")?;
+    Ok(())
+}
+
+async fn wait_for_shutdown() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}
+
+fn spawn_checkpointer(
+    audit: Arc<audit::Store>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(500));
+            if let Err(e) = audit.checkpoint() {
+                warn!(error = %e, "audit checkpoint failed");
+            }
+        }
+    })
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("setting mode 0700 on {}", dir.display()))
+}
+
+/// Removes every pin (so nothing stays attached), the agent cgroups this
+/// daemon created, and the control socket.
+fn uninstall(config: &Config) -> anyhow::Result<()> {
+    let layout = PinLayout {
+        root: config.daemon.bpffs.clone(),
+    };
+    let removed = crate::capture::uninstall(&layout)?;
+    println!(
+        "removed pins under {} ({} agent link sets)",
+        layout.root.display(),
+        removed.len()
+    );
+    let mount = cgroup::cgroup2_mount()?;
+    let root = cgroup_root(config, &mount);
+    let mut problems = Vec::new();
+    for agent in &config.agents {
+        if agent.cgroup.is_some() {
+            continue; // not ours to remove
+        }
+        let path = root.join(agent.name.as_str());
+        if let Err(e) = cgroup::remove(&path) {
+            problems.push(format!("{e} (processes still inside?)"));
+        }
+    }
+    if config.daemon.cgroup_root.is_none() || root.exists() {
+        let _ = std::fs::remove_dir(&root);
+    }
+    let _ = std::fs::remove_file(&config.daemon.control_socket);
+    if problems.is_empty() {
+        println!("removed agent cgroups under {}", root.display());
+        Ok(())
+    } else {
+        anyhow::bail!("uninstall incomplete: {}", problems.join("; "))
+    }
+}

@@ -1,0 +1,25 @@
+//! One file per subcommand. Everything but `daemon` talks to a running
+//! daemon over its control socket.
+
+pub mod daemon;
+pub mod pin;
+pub mod run;
+pub mod sessions;
+pub mod status;
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use crate::{config::Config, control};
+
+/// Loads the config only to find the daemon's control socket.
+fn socket(config: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let cfg = Config::load(config).context("loading config to find the daemon")?;
+    Ok(cfg.daemon.control_socket)
+}
+
+fn call(config: &Path, request: &control::Request) -> anyhow::Result<serde_json::Value> {
+    let sock = socket(config)?;
+    Ok(control::client::call(&sock, request)?)
+}

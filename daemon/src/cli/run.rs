@@ -1,0 +1,23 @@
+//! `cordon run --agent NAME -- CMD...`: the daemon moves this very process
+//! into the agent's cgroup, then it execs CMD, so every socket CMD creates is
+//! captured. Runs as the invoking user.
+
+use std::{ffi::OsString, os::unix::process::CommandExt as _, path::Path, process::Command};
+
+use anyhow::bail;
+
+use crate::control::Request;
+
+pub fn run(config: &Path, agent: &str, command: &[OsString]) -> anyhow::Result<()> {
+    let Some((program, args)) = command.split_first() else {
+        bail!("no command given: use `cordon run --agent NAME -- CMD [ARGS...]`");
+    };
+    super::call(
+        config,
+        &Request::Join {
+            agent: agent.to_owned(),
+        },
+    )?;
+    let err = Command::new(program).args(args).exec();
+    bail!("cannot run {}: {err}", program.to_string_lossy())
+}

@@ -1,0 +1,585 @@
+//! Configuration: TOML file -> validated [`Config`]. Sits before everything
+//! else in the data flow; every later stage takes these validated types.
+//! Unknown keys are rejected and every error names the file, the key and what
+//! was expected.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use time::{format_description::well_known::Rfc3339, OffsetDateTime};
+
+/// Default location when neither `--config` nor `CORDON_CONFIG` is given.
+pub const DEFAULT_CONFIG: &str = "/etc/cordon/cordon.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {source}")]
+    Parse {
+        file: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{file}: key `{key}`: {problem}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        problem: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    daemon: RawDaemon,
+    #[serde(default)]
+    agent: Vec<RawAgent>,
+    #[serde(default)]
+    resource: Vec<RawResource>,
+    #[serde(default)]
+    grant: Vec<RawGrant>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    state_dir: PathBuf,
+    control_socket: PathBuf,
+    #[serde(default = "default_listen")]
+    listen: String,
+    cgroup_root: Option<PathBuf>,
+    #[serde(default = "default_bpffs")]
+    bpffs: PathBuf,
+    #[serde(default)]
+    dns_resolvers: Vec<String>,
+    #[serde(default)]
+    unix_allow: Vec<String>,
+    /// Seconds to wait for the upstream TCP handshake.
+    #[serde(default = "default_connect_timeout")]
+    upstream_connect_timeout_secs: u64,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:15001".to_owned()
+}
+fn default_bpffs() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/cordon")
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    name: String,
+    cgroup: Option<PathBuf>,
+    #[serde(default)]
+    users: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResource {
+    name: String,
+    protocol: String,
+    address: String,
+    credential: Option<String>,
+    policy: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrant {
+    agent: String,
+    resource: String,
+    expires: String,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub daemon: Daemon,
+    pub agents: Vec<Agent>,
+    pub resources: Vec<Resource>,
+    pub grants: Vec<Grant>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Daemon {
+    pub state_dir: PathBuf,
+    pub control_socket: PathBuf,
+    /// The proxy's IPv4 listener; the same port is also bound on `[::1]`.
+    pub listen: SocketAddr,
+    pub cgroup_root: Option<PathBuf>,
+    pub bpffs: PathBuf,
+    pub dns_resolvers: Vec<SocketAddr>,
+    pub unix_allow: Vec<UnixName>,
+    pub upstream_connect_timeout: std::time::Duration,
+}
+
+/// An agent name: also a cgroup directory name, so restricted to
+/// `[A-Za-z0-9._-]`, not starting with a dot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AgentName(String);
+
+impl AgentName {
+    pub fn parse(name: &str) -> Result<Self, String> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(format!(
+                "`{name}` is not a valid name: use 1-64 of [A-Za-z0-9._-], not starting with '.'"
+            ))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AgentName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub name: AgentName,
+    /// Pin this existing cgroup instead of creating `<cgroup_root>/<name>`.
+    pub cgroup: Option<PathBuf>,
+    /// Uids allowed to start processes as this agent (`cordon run`); root always may.
+    pub users: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub name: String,
+    pub protocol: Protocol,
+    pub address: SocketAddr,
+    pub credential: Option<String>,
+    pub policy: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub agent: AgentName,
+    pub resource: String,
+    pub expires: OffsetDateTime,
+}
+
+/// A unix socket name agents may connect to: a path, or `@name` for the
+/// abstract namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixName(String);
+
+impl UnixName {
+    fn parse(s: &str) -> Result<Self, String> {
+        if s.len() > 107 {
+            return Err(format!("`{s}` is longer than 107 bytes"));
+        }
+        if s.starts_with('/') || (s.starts_with('@') && s.len() > 1) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(format!(
+                "`{s}` must be an absolute path or `@name` (abstract namespace)"
+            ))
+        }
+    }
+    /// The `sun_path` bytes as the kernel programs compare them.
+    pub fn sun_path(&self) -> Vec<u8> {
+        match self.0.strip_prefix('@') {
+            Some(abstract_name) => {
+                let mut v = vec![0u8];
+                v.extend_from_slice(abstract_name.as_bytes());
+                v
+            }
+            None => self.0.as_bytes().to_vec(),
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Config {
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        Self::parse(file, &text)
+    }
+
+    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            file: file.to_owned(),
+            source,
+        })?;
+        let invalid = |key: String, problem: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            key,
+            problem,
+        };
+
+        let d = raw.daemon;
+        let listen: SocketAddr = d.listen.parse().map_err(|_| {
+            invalid(
+                "daemon.listen".into(),
+                format!("expected IPv4 address:port such as 127.0.0.1:15001, got `{}`", d.listen),
+            )
+        })?;
+        if !listen.is_ipv4() || listen.port() == 0 {
+            return Err(invalid(
+                "daemon.listen".into(),
+                format!("expected an IPv4 address with a non-zero port (the same port is also bound on [::1]), got `{listen}`"),
+            ));
+        }
+        for (key, path) in [
+            ("daemon.state_dir", &d.state_dir),
+            ("daemon.control_socket", &d.control_socket),
+            ("daemon.bpffs", &d.bpffs),
+        ] {
+            if !path.is_absolute() {
+                return Err(invalid(
+                    key.into(),
+                    format!("expected an absolute path, got `{}`", path.display()),
+                ));
+            }
+        }
+        if let Some(root) = &d.cgroup_root {
+            if !root.is_absolute() {
+                return Err(invalid(
+                    "daemon.cgroup_root".into(),
+                    format!("expected an absolute path, got `{}`", root.display()),
+                ));
+            }
+        }
+        let mut dns_resolvers = Vec::new();
+        for (i, r) in d.dns_resolvers.iter().enumerate() {
+            let addr = parse_socket_addr(r, Some(53)).ok_or_else(|| {
+                invalid(
+                    format!("daemon.dns_resolvers[{i}]"),
+                    format!("expected an IP address or address:port, got `{r}`"),
+                )
+            })?;
+            dns_resolvers.push(addr);
+        }
+        let mut unix_allow = Vec::new();
+        for (i, p) in d.unix_allow.iter().enumerate() {
+            unix_allow.push(
+                UnixName::parse(p).map_err(|e| invalid(format!("daemon.unix_allow[{i}]"), e))?,
+            );
+        }
+        if d.upstream_connect_timeout_secs == 0 || d.upstream_connect_timeout_secs > 300 {
+            return Err(invalid(
+                "daemon.upstream_connect_timeout_secs".into(),
+                "expected 1..=300 seconds".into(),
+            ));
+        }
+        let daemon = Daemon {
+            state_dir: d.state_dir,
+            control_socket: d.control_socket,
+            listen,
+            cgroup_root: d.cgroup_root,
+            bpffs: d.bpffs,
+            dns_resolvers,
+            unix_allow,
+            upstream_connect_timeout: std::time::Duration::from_secs(
+                d.upstream_connect_timeout_secs,
+            ),
+        };
+
+        let mut agents = Vec::new();
+        let mut agent_names = HashSet::new();
+        for (i, a) in raw.agent.into_iter().enumerate() {
+            let key = format!("agent[{i}].name");
+            let name = AgentName::parse(&a.name).map_err(|e| invalid(key.clone(), e))?;
+            if !agent_names.insert(name.clone()) {
+                return Err(invalid(key, format!("agent `{name}` is declared twice")));
+            }
+            if let Some(cg) = &a.cgroup {
+                if !cg.is_absolute() {
+                    return Err(invalid(
+                        format!("agent[{i}].cgroup"),
+                        format!("expected an absolute cgroup path, got `{}`", cg.display()),
+                    ));
+                }
+            }
+            let mut users = Vec::new();
+            for (j, u) in a.users.iter().enumerate() {
+                users.push(resolve_user(u).ok_or_else(|| {
+                    invalid(
+                        format!("agent[{i}].users[{j}]"),
+                        format!("`{u}` is neither a uid nor a user in /etc/passwd"),
+                    )
+                })?);
+            }
+            agents.push(Agent {
+                name,
+                cgroup: a.cgroup,
+                users,
+            });
+        }
+
+        let mut resources: Vec<Resource> = Vec::new();
+        for (i, r) in raw.resource.into_iter().enumerate() {
+            AgentName::parse(&r.name).map_err(|e| invalid(format!("resource[{i}].name"), e))?;
+            if resources.iter().any(|o| o.name == r.name) {
+                return Err(invalid(
+                    format!("resource[{i}].name"),
+                    format!("resource `{}` is declared twice", r.name),
+                ));
+            }
+            let protocol = match r.protocol.as_str() {
+                "tcp" => Protocol::Tcp,
+                "postgres" | "ssh" | "http" => {
+                    return Err(invalid(
+                        format!("resource[{i}].protocol"),
+                        format!(
+                            "protocol `{}` is not supported by this build yet (supported: tcp)",
+                            r.protocol
+                        ),
+                    ))
+                }
+                other => {
+                    return Err(invalid(
+                        format!("resource[{i}].protocol"),
+                        format!("expected one of tcp, postgres, ssh, http; got `{other}`"),
+                    ))
+                }
+            };
+            let address = parse_socket_addr(&r.address, None).ok_or_else(|| {
+                invalid(
+                    format!("resource[{i}].address"),
+                    format!(
+                        "expected IP:port such as 10.0.0.5:5432 or [fd00::5]:5432, got `{}`",
+                        r.address
+                    ),
+                )
+            })?;
+            let address = canonical(address);
+            if address.port() == 0 {
+                return Err(invalid(
+                    format!("resource[{i}].address"),
+                    "port 0 is not a destination".into(),
+                ));
+            }
+            if let Some(other) = resources.iter().find(|o| o.address == address) {
+                return Err(invalid(
+                    format!("resource[{i}].address"),
+                    format!("`{address}` is already the address of resource `{}`", other.name),
+                ));
+            }
+            resources.push(Resource {
+                name: r.name,
+                protocol,
+                address,
+                credential: r.credential,
+                policy: r.policy,
+            });
+        }
+
+        let mut grants = Vec::new();
+        for (i, g) in raw.grant.into_iter().enumerate() {
+            let agent = AgentName::parse(&g.agent)
+                .ok()
+                .filter(|a| agent_names.contains(a))
+                .ok_or_else(|| {
+                    invalid(
+                        format!("grant[{i}].agent"),
+                        format!("no [[agent]] is named `{}`", g.agent),
+                    )
+                })?;
+            if !resources.iter().any(|r| r.name == g.resource) {
+                return Err(invalid(
+                    format!("grant[{i}].resource"),
+                    format!("no [[resource]] is named `{}`", g.resource),
+                ));
+            }
+            let expires = OffsetDateTime::parse(&g.expires, &Rfc3339).map_err(|e| {
+                invalid(
+                    format!("grant[{i}].expires"),
+                    format!(
+                        "expected an RFC 3339 time such as 2026-12-31T00:00:00Z, got `{}` ({e})",
+                        g.expires
+                    ),
+                )
+            })?;
+            grants.push(Grant {
+                agent,
+                resource: g.resource,
+                expires,
+            });
+        }
+
+        Ok(Config {
+            file: file.to_owned(),
+            daemon,
+            agents,
+            resources,
+            grants,
+        })
+    }
+
+    pub fn agent(&self, name: &str) -> Option<&Agent> {
+        self.agents.iter().find(|a| a.name.as_str() == name)
+    }
+
+    /// The resource agents reach by dialing `dst`.
+    pub fn resource_at(&self, dst: SocketAddr) -> Option<&Resource> {
+        let dst = canonical(dst);
+        self.resources.iter().find(|r| r.address == dst)
+    }
+}
+
+/// IPv4-mapped IPv6 addresses compare as the IPv4 address they carry.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+fn parse_socket_addr(s: &str, default_port: Option<u16>) -> Option<SocketAddr> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    let port = default_port?;
+    s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, port))
+}
+
+fn resolve_user(u: &str) -> Option<u32> {
+    if let Ok(uid) = u.parse::<u32>() {
+        return Some(uid);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut f = line.split(':');
+        let name = f.next()?;
+        let _pw = f.next()?;
+        let uid = f.next()?;
+        (name == u).then(|| uid.parse().ok()).flatten()
+    })
+}
+
+/// Where the config file is: `--config`, else `CORDON_CONFIG`, else the default.
+pub fn locate(flag: Option<PathBuf>) -> PathBuf {
+    flag.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[daemon]
+state_dir = "/tmp/cordon-state"
+control_socket = "/tmp/cordon.sock"
+listen = "127.0.0.1:15001"
+
+[[agent]]
+name = "billing-bot"
+
+[[resource]]
+name = "orders-db"
+protocol = "tcp"
+address = "10.0.0.5:5432"
+
+[[grant]]
+agent = "billing-bot"
+resource = "orders-db"
+expires = "2026-12-31T00:00:00Z"
+"#;
+
+    fn err(text: &str) -> String {
+        match Config::parse(Path::new("test.toml"), text) {
+            Ok(_) => String::from("<accepted>"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn accepts_the_design_example() {
+        let cfg = Config::parse(Path::new("t.toml"), BASE).map_err(|e| e.to_string());
+        let cfg = match cfg {
+            Ok(c) => c,
+            Err(e) => unreachable!("{e}"),
+        };
+        assert_eq!(cfg.agents.len(), 1);
+        assert_eq!(cfg.daemon.bpffs, PathBuf::from("/sys/fs/bpf/cordon"));
+        let dst: SocketAddr = "[::ffff:10.0.0.5]:5432".parse().unwrap_or_else(|_| unreachable!());
+        assert_eq!(cfg.resource_at(dst).map(|r| r.name.as_str()), Some("orders-db"));
+    }
+
+    #[test]
+    fn rejections_name_file_key_and_problem() {
+        let table = [
+            (BASE.replace("listen =", "lisen ="), "unknown field `lisen`"),
+            (BASE.replace("10.0.0.5:5432", "db.example:5432"), "resource[0].address"),
+            (BASE.replace("protocol = \"tcp\"", "protocol = \"ftp\""), "resource[0].protocol"),
+            (BASE.replace("2026-12-31T00:00:00Z", "tomorrow"), "grant[0].expires"),
+            (BASE.replace("agent = \"billing-bot\"", "agent = \"nobody-bot\""), "grant[0].agent"),
+            (BASE.replace("name = \"billing-bot\"", "name = \"../etc\""), "agent[0].name"),
+            (BASE.replace("\"/tmp/cordon-state\"", "\"relative\""), "daemon.state_dir"),
+            (BASE.replace("127.0.0.1:15001", "[::1]:15001"), "daemon.listen"),
+            (BASE.replace("[daemon]", "[daemon]\nunix_allow = [\"run/x\"]"), "daemon.unix_allow[0]"),
+            (BASE.replace("[daemon]", "[deamon]"), "unknown field `deamon`"),
+        ];
+        for (text, want) in table {
+            let got = err(&text);
+            assert!(got.starts_with("test.toml"), "{got}");
+            assert!(got.contains(want), "wanted {want:?} in {got:?}");
+        }
+    }
+
+    #[test]
+    fn parse_errors_carry_the_line() {
+        let got = err(&BASE.replace("listen = \"127.0.0.1:15001\"", "listen = 15001"));
+        assert!(got.contains("line 5"), "{got}");
+    }
+
+    #[test]
+    fn unix_names() {
+        assert_eq!(UnixName::parse("@x").map(|n| n.sun_path()), Ok(vec![0, b'x']));
+        assert_eq!(
+            UnixName::parse("/run/a.sock").map(|n| n.sun_path()),
+            Ok(b"/run/a.sock".to_vec())
+        );
+        assert!(UnixName::parse("@").is_err());
+    }
+}

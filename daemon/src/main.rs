@@ -1,0 +1,116 @@
+//! `cordon`: parse the command line, set up tracing, dispatch to `cli/`.
+
+mod audit;
+mod capture;
+mod cli;
+mod config;
+mod control;
+mod grants;
+mod identity;
+mod pins;
+mod proxy;
+
+pub(crate) use audit::rfc3339;
+
+use std::{ffi::OsString, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cordon", version, about = "Kernel-enforced egress gateway for AI agents and other workloads")]
+struct Cli {
+    /// Config file of the daemon to run or talk to.
+    #[arg(long, global = true, env = "CORDON_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (or remove everything it pinned, with --uninstall).
+    Daemon {
+        /// Detach and unpin every program and map, remove agent cgroups, exit.
+        #[arg(long)]
+        uninstall: bool,
+    },
+    /// Run a command inside an agent's cgroup (it joins before exec).
+    Run {
+        #[arg(long)]
+        agent: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<OsString>,
+    },
+    /// Pin an existing cgroup (e.g. a systemd unit's) as an agent's.
+    Pin {
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        cgroup: PathBuf,
+    },
+    /// Show the daemon's programs, agents, listener and counts.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recorded sessions.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// List sessions, newest first.
+    List {
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one session.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_tracing(daemon: bool) {
+    let default = if daemon { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CORDON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = config::locate(cli.config);
+    init_tracing(matches!(cli.command, Command::Daemon { .. }));
+    let result = match cli.command {
+        Command::Daemon { uninstall } => cli::daemon::run(&config, uninstall),
+        Command::Run { agent, command } => cli::run::run(&config, &agent, &command),
+        Command::Pin { agent, cgroup } => cli::pin::run(&config, &agent, &cgroup),
+        Command::Status { json } => cli::status::run(&config, json),
+        Command::Sessions { command } => match command {
+            SessionsCommand::List { agent, limit, json } => {
+                cli::sessions::list(&config, agent, limit, json)
+            }
+            SessionsCommand::Show { id, json } => cli::sessions::show(&config, &id, json),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cordon: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

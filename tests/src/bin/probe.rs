@@ -1,0 +1,786 @@
+//! `cordon-probe`: the agent-side probe the integration tests run inside an
+//! agent cgroup. Each subcommand tries one kind of network access and prints
+//! exactly one JSON line saying what happened; it exits 0 even when the access
+//! failed (the JSON says so) and 2 when its arguments are wrong.
+
+use std::env;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::mem;
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const USAGE: &str = "\
+usage: cordon-probe COMMAND [ARGS]
+  tcp ADDR [--send TEXT] [--read N] [--timeout-ms MS] [--shutdown]
+  udp ADDR [--connect] [--send TEXT] [--read-ms MS]
+  tfo ADDR [--timeout-ms MS]
+  raw
+  packet
+  socket DOMAIN TYPE PROTOCOL
+  unix PATH [--dgram]            (PATH starting with @ = abstract namespace)
+  whoami
+  spawn-child COMMAND [ARGS]     (runs this probe again as a child process)
+  hold ADDR SECONDS [--timeout-ms MS]
+ADDR is IP:PORT, [IPV6]:PORT or [::ffff:A.B.C.D]:PORT (host names are resolved).
+Each command prints one JSON line and exits 0; bad arguments exit 2.";
+
+const DEFAULT_TIMEOUT_MS: u64 = 5000;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    match dispatch(&args) {
+        Ok(Outcome::Json(value)) => {
+            println!("{value}");
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::Exit(code)) => ExitCode::from(code),
+        Err(msg) => {
+            eprintln!("cordon-probe: {msg}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+enum Outcome {
+    /// Print this one line and exit 0.
+    Json(Value),
+    /// Output was already written; exit with this code.
+    Exit(u8),
+}
+
+type ArgResult<T> = Result<T, String>;
+
+fn dispatch(args: &[String]) -> ArgResult<Outcome> {
+    let Some((command, rest)) = args.split_first() else {
+        return Err("missing command".to_owned());
+    };
+    let value = match command.as_str() {
+        "tcp" => {
+            let a = Args::parse(rest, &["--send", "--read", "--timeout-ms"], &["--shutdown"])?;
+            let [addr] = a.positional::<1>()?;
+            tcp(
+                parse_addr(&addr)?,
+                a.value("--send"),
+                a.number("--read", 0)?,
+                Duration::from_millis(a.number("--timeout-ms", DEFAULT_TIMEOUT_MS)?),
+                a.switch("--shutdown"),
+            )
+        }
+        "udp" => {
+            let a = Args::parse(rest, &["--send", "--read-ms"], &["--connect"])?;
+            let [addr] = a.positional::<1>()?;
+            let read = match a.value("--read-ms") {
+                Some(_) => Some(Duration::from_millis(a.number("--read-ms", 0)?)),
+                None => None,
+            };
+            udp(
+                parse_addr(&addr)?,
+                a.switch("--connect"),
+                a.value("--send").unwrap_or("probe"),
+                read,
+            )
+        }
+        "tfo" => {
+            let a = Args::parse(rest, &["--timeout-ms"], &[])?;
+            let [addr] = a.positional::<1>()?;
+            tfo(
+                parse_addr(&addr)?,
+                Duration::from_millis(a.number("--timeout-ms", DEFAULT_TIMEOUT_MS)?),
+            )
+        }
+        "raw" => {
+            Args::parse(rest, &[], &[])?.positional::<0>()?;
+            open_socket_op("raw", libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP)
+        }
+        "packet" => {
+            Args::parse(rest, &[], &[])?.positional::<0>()?;
+            let all = i32::from((libc::ETH_P_ALL as u16).to_be());
+            open_socket_op("packet", libc::AF_PACKET, libc::SOCK_RAW, all)
+        }
+        "socket" => {
+            let [domain, ty, proto] = Args::parse(rest, &[], &[])?.positional::<3>()?;
+            open_socket_op(
+                "socket",
+                parse_int(&domain, "DOMAIN")?,
+                parse_int(&ty, "TYPE")?,
+                parse_int(&proto, "PROTOCOL")?,
+            )
+        }
+        "unix" => {
+            let a = Args::parse(rest, &[], &["--dgram"])?;
+            let [path] = a.positional::<1>()?;
+            unix(&path, a.switch("--dgram"))?
+        }
+        "whoami" => {
+            Args::parse(rest, &[], &[])?.positional::<0>()?;
+            whoami()
+        }
+        "spawn-child" => {
+            if rest.is_empty() {
+                return Err("spawn-child needs a command to run".to_owned());
+            }
+            return Ok(spawn_child(rest));
+        }
+        "hold" => {
+            let a = Args::parse(rest, &["--timeout-ms"], &[])?;
+            let [addr, seconds] = a.positional::<2>()?;
+            let seconds: f64 = seconds
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                .ok_or_else(|| format!("SECONDS must be a non-negative number, not {seconds:?}"))?;
+            hold(
+                parse_addr(&addr)?,
+                Duration::from_secs_f64(seconds),
+                Duration::from_millis(a.number("--timeout-ms", DEFAULT_TIMEOUT_MS)?),
+            )
+        }
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            return Ok(Outcome::Exit(0));
+        }
+        other => return Err(format!("unknown command {other:?}")),
+    };
+    Ok(Outcome::Json(value))
+}
+
+// ---------------------------------------------------------------------------
+// argument parsing
+
+struct Args {
+    positional: Vec<String>,
+    values: Vec<(String, String)>,
+    switches: Vec<String>,
+}
+
+impl Args {
+    /// `--name VALUE`, `--name=VALUE` for names in `with_value`; bare `--name`
+    /// for names in `switches`; everything else positional.
+    fn parse(args: &[String], with_value: &[&str], switches: &[&str]) -> ArgResult<Args> {
+        let mut parsed = Args {
+            positional: Vec::new(),
+            values: Vec::new(),
+            switches: Vec::new(),
+        };
+        let mut iter = args.iter();
+        while let Some(arg) = iter.next() {
+            if !arg.starts_with("--") {
+                parsed.positional.push(arg.clone());
+                continue;
+            }
+            let (name, inline) = match arg.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_owned())),
+                None => (arg.as_str(), None),
+            };
+            if with_value.contains(&name) {
+                let value = match inline {
+                    Some(v) => v,
+                    None => iter
+                        .next()
+                        .cloned()
+                        .ok_or_else(|| format!("{name} needs a value"))?,
+                };
+                parsed.values.push((name.to_owned(), value));
+            } else if switches.contains(&name) && inline.is_none() {
+                parsed.switches.push(name.to_owned());
+            } else {
+                return Err(format!("unknown option {arg:?}"));
+            }
+        }
+        Ok(parsed)
+    }
+
+    fn positional<const N: usize>(&self) -> ArgResult<[String; N]> {
+        <[String; N]>::try_from(self.positional.clone()).map_err(|got| {
+            format!(
+                "expected {N} positional argument(s), got {}: {got:?}",
+                got.len()
+            )
+        })
+    }
+
+    fn value(&self, name: &str) -> Option<&str> {
+        self.values
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> ArgResult<T> {
+        match self.value(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("{name} must be a non-negative integer, not {v:?}")),
+        }
+    }
+
+    fn switch(&self, name: &str) -> bool {
+        self.switches.iter().any(|s| s == name)
+    }
+}
+
+fn parse_int(s: &str, what: &str) -> ArgResult<i32> {
+    s.parse()
+        .map_err(|_| format!("{what} must be an integer, not {s:?}"))
+}
+
+fn parse_addr(s: &str) -> ArgResult<SocketAddr> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("bad address {s:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("address {s:?} resolved to nothing"))
+}
+
+// ---------------------------------------------------------------------------
+// raw sockets through libc
+
+fn errno_of(e: &io::Error) -> Value {
+    json!(e.raw_os_error())
+}
+
+fn new_socket(domain: i32, ty: i32, protocol: i32) -> io::Result<OwnedFd> {
+    // SAFETY: socket() takes plain integers; the result is checked below.
+    let fd = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, protocol) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a freshly created descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A socket address in the kernel's layout.
+enum RawAddr {
+    V4(libc::sockaddr_in),
+    V6(libc::sockaddr_in6),
+    Unix(libc::sockaddr_un, libc::socklen_t),
+}
+
+impl RawAddr {
+    fn inet(addr: &SocketAddr) -> RawAddr {
+        match addr {
+            SocketAddr::V4(a) => {
+                // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
+                let mut sin: libc::sockaddr_in = unsafe { mem::zeroed() };
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_port = a.port().to_be();
+                sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+                RawAddr::V4(sin)
+            }
+            SocketAddr::V6(a) => {
+                // SAFETY: sockaddr_in6 is plain old data; all-zero is a valid value.
+                let mut sin6: libc::sockaddr_in6 = unsafe { mem::zeroed() };
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = a.port().to_be();
+                sin6.sin6_flowinfo = a.flowinfo();
+                sin6.sin6_addr.s6_addr = a.ip().octets();
+                sin6.sin6_scope_id = a.scope_id();
+                RawAddr::V6(sin6)
+            }
+        }
+    }
+
+    /// A unix socket path; a leading '@' selects the abstract namespace.
+    fn unix(path: &str) -> ArgResult<RawAddr> {
+        // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+        let mut sun: libc::sockaddr_un = unsafe { mem::zeroed() };
+        sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let (bytes, abstract_ns) = match path.strip_prefix('@') {
+            Some(name) => (name.as_bytes(), true),
+            None => (path.as_bytes(), false),
+        };
+        // Abstract: a leading NUL then the name; path: the name then a NUL.
+        let used = bytes.len() + 1;
+        if used > sun.sun_path.len() {
+            return Err(format!("unix socket path {path:?} is too long"));
+        }
+        let start = usize::from(abstract_ns);
+        for (slot, byte) in sun.sun_path.iter_mut().skip(start).zip(bytes) {
+            *slot = *byte as libc::c_char;
+        }
+        // Abstract: every byte of the length is part of the name (no trailing
+        // NUL); path: the length includes the terminating NUL.
+        let len = mem::offset_of!(libc::sockaddr_un, sun_path) + used;
+        Ok(RawAddr::Unix(sun, len as libc::socklen_t))
+    }
+
+    fn family(&self) -> i32 {
+        match self {
+            RawAddr::V4(_) => libc::AF_INET,
+            RawAddr::V6(_) => libc::AF_INET6,
+            RawAddr::Unix(..) => libc::AF_UNIX,
+        }
+    }
+
+    fn as_ptr(&self) -> *const libc::sockaddr {
+        match self {
+            RawAddr::V4(a) => (a as *const libc::sockaddr_in).cast(),
+            RawAddr::V6(a) => (a as *const libc::sockaddr_in6).cast(),
+            RawAddr::Unix(a, _) => (a as *const libc::sockaddr_un).cast(),
+        }
+    }
+
+    fn len(&self) -> libc::socklen_t {
+        match self {
+            RawAddr::V4(_) => mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            RawAddr::V6(_) => mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            RawAddr::Unix(_, len) => *len,
+        }
+    }
+}
+
+fn sys_connect(fd: &OwnedFd, addr: &RawAddr) -> io::Result<()> {
+    // SAFETY: addr points at a live sockaddr of addr.len() bytes.
+    let rc = unsafe { libc::connect(fd.as_raw_fd(), addr.as_ptr(), addr.len()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn sys_send(fd: &OwnedFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: data is a live buffer of data.len() bytes.
+    let n = unsafe { libc::send(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), 0) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+fn sys_sendto(fd: &OwnedFd, data: &[u8], flags: i32, addr: &RawAddr) -> io::Result<usize> {
+    // SAFETY: data is a live buffer of data.len() bytes; addr points at a live
+    // sockaddr of addr.len() bytes.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            flags,
+            addr.as_ptr(),
+            addr.len(),
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+fn set_timeout(fd: &OwnedFd, option: i32, timeout: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+        tv_usec: timeout.subsec_micros().into(),
+    };
+    // SAFETY: tv is a live timeval and its exact size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&tv as *const libc::timeval).cast(),
+            mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `{"ok":false,...}` fields for a failure at `stage`.
+fn failed(op: &str, stage: &str, e: &io::Error) -> Value {
+    json!({
+        "op": op,
+        "ok": false,
+        "errno": errno_of(e),
+        "error": e.to_string(),
+        "stage": stage,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// operations
+
+fn tcp(
+    addr: SocketAddr,
+    send: Option<&str>,
+    read: usize,
+    timeout: Duration,
+    shutdown: bool,
+) -> Value {
+    let timeout = timeout.max(Duration::from_millis(1));
+    let mut stream = match TcpStream::connect_timeout(&addr, timeout) {
+        Ok(s) => s,
+        Err(e) => {
+            return json!({
+                "op": "tcp",
+                "connect": "error",
+                "connect_errno": errno_of(&e),
+                "error": e.to_string(),
+                "peer": null,
+                "local": null,
+                "sent": false,
+                "send_error": null,
+                "received": "",
+                "read_error": null,
+                "read_errno": null,
+                "timed_out": false,
+                "eof": false,
+            })
+        }
+    };
+    let peer = stream.peer_addr().ok().map(|a| a.to_string());
+    let local = stream.local_addr().ok().map(|a| a.to_string());
+
+    let mut sent = false;
+    let mut send_error = None;
+    if let Some(text) = send {
+        // A write timeout keeps a stalled peer from hanging the probe.
+        let _ = stream.set_write_timeout(Some(timeout));
+        match stream
+            .write_all(text.as_bytes())
+            .and_then(|()| stream.flush())
+        {
+            Ok(()) => sent = true,
+            Err(e) => send_error = Some(e.to_string()),
+        }
+    }
+    if shutdown {
+        let _ = stream.shutdown(Shutdown::Write);
+    }
+
+    let mut received = Vec::new();
+    let mut read_error = None;
+    let mut read_errno = None;
+    let mut timed_out = false;
+    let mut eof = false;
+    let deadline = Instant::now() + timeout;
+    let mut chunk = [0u8; 4096];
+    while received.len() < read {
+        let now = Instant::now();
+        if now >= deadline {
+            timed_out = true;
+            read_error = Some("timed out".to_owned());
+            break;
+        }
+        let _ = stream.set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))));
+        let want = (read - received.len()).min(chunk.len());
+        match (&mut stream).take(want as u64).read(&mut chunk) {
+            Ok(0) => {
+                eof = true;
+                break;
+            }
+            Ok(n) => received.extend(chunk.iter().take(n)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) {
+                    timed_out = true;
+                }
+                read_errno = e.raw_os_error();
+                read_error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+
+    json!({
+        "op": "tcp",
+        "connect": "ok",
+        "connect_errno": null,
+        "error": null,
+        "peer": peer,
+        "local": local,
+        "sent": sent,
+        "send_error": send_error,
+        "received": String::from_utf8_lossy(&received),
+        "read_error": read_error,
+        "read_errno": read_errno,
+        "timed_out": timed_out,
+        "eof": eof,
+    })
+}
+
+fn udp(addr: SocketAddr, connect: bool, payload: &str, read: Option<Duration>) -> Value {
+    let raw = RawAddr::inet(&addr);
+    let fd = match new_socket(raw.family(), libc::SOCK_DGRAM, 0) {
+        Ok(fd) => fd,
+        Err(e) => return failed("udp", "socket", &e),
+    };
+    if connect {
+        if let Err(e) = sys_connect(&fd, &raw) {
+            return failed("udp", "connect", &e);
+        }
+        if let Err(e) = sys_send(&fd, payload.as_bytes()) {
+            return failed("udp", "send", &e);
+        }
+    } else if let Err(e) = sys_sendto(&fd, payload.as_bytes(), 0, &raw) {
+        return failed("udp", "send", &e);
+    }
+    let mut out = json!({
+        "op": "udp",
+        "ok": true,
+        "errno": null,
+        "error": null,
+        "stage": null,
+    });
+    if let Some(wait) = read {
+        // Optional: wait for one reply datagram.
+        let (received, read_errno) =
+            match set_timeout(&fd, libc::SO_RCVTIMEO, wait.max(Duration::from_millis(1))) {
+                Err(e) => (Value::Null, errno_of(&e)),
+                Ok(()) => {
+                    let mut buf = [0u8; 65536];
+                    // SAFETY: buf is a live, writable buffer of buf.len() bytes.
+                    let n = unsafe {
+                        libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+                    };
+                    match usize::try_from(n) {
+                        Ok(n) => {
+                            let bytes: Vec<u8> = buf.iter().take(n).copied().collect();
+                            (json!(String::from_utf8_lossy(&bytes)), Value::Null)
+                        }
+                        Err(_) => (Value::Null, errno_of(&io::Error::last_os_error())),
+                    }
+                }
+            };
+        if let Some(map) = out.as_object_mut() {
+            map.insert("received".to_owned(), received);
+            map.insert("read_errno".to_owned(), read_errno);
+        }
+    }
+    out
+}
+
+fn tfo(addr: SocketAddr, timeout: Duration) -> Value {
+    let raw = RawAddr::inet(&addr);
+    let fd = match new_socket(raw.family(), libc::SOCK_STREAM, 0) {
+        Ok(fd) => fd,
+        Err(e) => return failed("tfo", "socket", &e),
+    };
+    // A blocking connect honours SO_SNDTIMEO.
+    let _ = set_timeout(
+        &fd,
+        libc::SO_SNDTIMEO,
+        timeout.max(Duration::from_millis(1)),
+    );
+    if let Err(e) = sys_sendto(&fd, b"x", libc::MSG_FASTOPEN, &raw) {
+        return failed("tfo", "send", &e);
+    }
+    let stream = TcpStream::from(fd);
+    json!({
+        "op": "tfo",
+        "ok": true,
+        "errno": null,
+        "error": null,
+        "stage": null,
+        "peer": stream.peer_addr().ok().map(|a| a.to_string()),
+        "local": stream.local_addr().ok().map(|a| a.to_string()),
+    })
+}
+
+fn open_socket_op(op: &str, domain: i32, ty: i32, protocol: i32) -> Value {
+    match new_socket(domain, ty, protocol) {
+        Ok(_fd) => json!({"op": op, "ok": true, "errno": null, "error": null}),
+        Err(e) => json!({
+            "op": op,
+            "ok": false,
+            "errno": errno_of(&e),
+            "error": e.to_string(),
+        }),
+    }
+}
+
+fn unix(path: &str, dgram: bool) -> ArgResult<Value> {
+    let raw = RawAddr::unix(path)?;
+    let ty = if dgram {
+        libc::SOCK_DGRAM
+    } else {
+        libc::SOCK_STREAM
+    };
+    let fd = match new_socket(libc::AF_UNIX, ty, 0) {
+        Ok(fd) => fd,
+        Err(e) => return Ok(failed("unix", "socket", &e)),
+    };
+    let result = if dgram {
+        sys_sendto(&fd, b"probe", 0, &raw)
+            .map(|_| ())
+            .map_err(|e| ("send", e))
+    } else {
+        sys_connect(&fd, &raw).map_err(|e| ("connect", e))
+    };
+    Ok(match result {
+        Ok(()) => json!({"op": "unix", "ok": true, "errno": null, "error": null, "stage": null}),
+        Err((stage, e)) => failed("unix", stage, &e),
+    })
+}
+
+fn whoami() -> Value {
+    let cgroup = fs::read_to_string("/proc/self/cgroup").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .map(str::to_owned)
+    });
+    // SAFETY: these getters have no preconditions and cannot fail.
+    let (uid, euid, gid, ppid) = unsafe {
+        (
+            libc::getuid(),
+            libc::geteuid(),
+            libc::getgid(),
+            libc::getppid(),
+        )
+    };
+    json!({
+        "op": "whoami",
+        "pid": std::process::id(),
+        "ppid": ppid,
+        "uid": uid,
+        "euid": euid,
+        "gid": gid,
+        "cgroup": cgroup,
+    })
+}
+
+fn spawn_child(args: &[String]) -> Outcome {
+    let result = env::current_exe().and_then(|exe| {
+        Command::new(exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+    });
+    match result {
+        Ok(out) => {
+            let mut stdout = io::stdout().lock();
+            let _ = stdout.write_all(&out.stdout);
+            let _ = stdout.flush();
+            let code = out
+                .status
+                .code()
+                .and_then(|c| u8::try_from(c).ok())
+                .unwrap_or(1);
+            Outcome::Exit(code)
+        }
+        Err(e) => Outcome::Json(json!({
+            "op": "spawn-child",
+            "ok": false,
+            "errno": errno_of(&e),
+            "error": e.to_string(),
+        })),
+    }
+}
+
+fn hold(addr: SocketAddr, seconds: Duration, timeout: Duration) -> Value {
+    let timeout = timeout.max(Duration::from_millis(1));
+    let mut stream = match TcpStream::connect_timeout(&addr, timeout) {
+        Ok(s) => s,
+        Err(e) => {
+            return json!({
+                "op": "hold",
+                "connect": "error",
+                "closed_after_ms": null,
+                "ended": null,
+                "error": e.to_string(),
+                "errno": errno_of(&e),
+                "received_bytes": 0,
+            })
+        }
+    };
+    let connected = Instant::now();
+    let deadline = connected + seconds;
+    let mut received_bytes = 0usize;
+    let mut ended = "open";
+    let mut error: Option<io::Error> = None;
+
+    let _ = stream.set_write_timeout(Some(timeout));
+    if let Err(e) = stream.write_all(b"hold\n") {
+        ended = "error";
+        error = Some(e);
+    }
+    let mut buf = [0u8; 4096];
+    while error.is_none() {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let _ = stream.set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))));
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                ended = "eof";
+                break;
+            }
+            Ok(n) => received_bytes += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted
+                        | io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => {
+                ended = "error";
+                error = Some(e);
+            }
+        }
+    }
+    let closed_after_ms = (ended != "open").then(|| connected.elapsed().as_millis() as u64);
+    json!({
+        "op": "hold",
+        "connect": "ok",
+        "closed_after_ms": closed_after_ms,
+        "ended": ended,
+        "error": error.as_ref().map(|e| e.to_string()),
+        "errno": error.as_ref().and_then(io::Error::raw_os_error),
+        "received_bytes": received_bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn parses_options_and_positionals() {
+        let a = Args::parse(
+            &strings(&["127.0.0.1:1", "--send=hi", "--read", "3", "--shutdown"]),
+            &["--send", "--read"],
+            &["--shutdown"],
+        )
+        .unwrap();
+        assert_eq!(a.positional::<1>().unwrap()[0], "127.0.0.1:1");
+        assert_eq!(a.value("--send"), Some("hi"));
+        assert_eq!(a.number("--read", 0usize).unwrap(), 3);
+        assert!(a.switch("--shutdown"));
+        assert!(Args::parse(&strings(&["--bogus"]), &[], &[]).is_err());
+        assert!(Args::parse(&strings(&["--send"]), &["--send"], &[]).is_err());
+    }
+
+    #[test]
+    fn v4_mapped_address_stays_v6() {
+        let addr = parse_addr("[::ffff:127.0.0.1]:5000").unwrap();
+        assert!(addr.is_ipv6());
+        assert_eq!(RawAddr::inet(&addr).family(), libc::AF_INET6);
+    }
+
+    #[test]
+    fn abstract_unix_address_length() {
+        let RawAddr::Unix(sun, len) = RawAddr::unix("@cordon").unwrap() else {
+            panic!("not a unix address");
+        };
+        assert_eq!(sun.sun_path[0], 0);
+        assert_eq!(sun.sun_path[1], b'c' as libc::c_char);
+        assert_eq!(
+            len as usize,
+            mem::offset_of!(libc::sockaddr_un, sun_path) + 7
+        );
+    }
+}
