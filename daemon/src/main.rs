@@ -17,7 +17,11 @@ use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cordon", version, about = "Kernel-enforced egress gateway for AI agents and other workloads")]
+#[command(
+    name = "cordon",
+    version,
+    about = "Kernel-enforced egress gateway for AI agents and other workloads"
+)]
 struct Cli {
     /// Config file of the daemon to run or talk to.
     #[arg(long, global = true, env = "CORDON_CONFIG")]

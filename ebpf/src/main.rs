@@ -23,9 +23,9 @@ use aya_ebpf::{
             bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie,
         },
     },
-    macros::{cgroup_sock_addr, cgroup_sockopt, lsm_cgroup, map, sock_ops},
+    macros::{cgroup_sock, cgroup_sock_addr, cgroup_sockopt, lsm_cgroup, map, sock_ops},
     maps::{Array, HashMap, LruHashMap},
-    programs::{LsmContext, SockAddrContext, SockOpsContext, SockoptContext},
+    programs::{LsmContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext},
     EbpfContext,
 };
 use cordon_common::{
@@ -95,7 +95,12 @@ fn agent_cgroup() -> u64 {
 }
 
 /// Record who is connecting where, by socket cookie.
-fn record(ctx: &SockAddrContext, orig_ip: [u32; 4], orig_port: u16, family: u16) -> Result<(), i64> {
+fn record(
+    ctx: &SockAddrContext,
+    orig_ip: [u32; 4],
+    orig_port: u16,
+    family: u16,
+) -> Result<(), i64> {
     // SAFETY: the context pointer is the kernel's bpf_sock_addr.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let uid_gid = bpf_get_current_uid_gid();
@@ -341,8 +346,7 @@ pub fn original_dst_getsockopt(ctx: SockoptContext) -> i32 {
 fn try_original_dst(ctx: &SockoptContext) -> Result<(), i64> {
     let so: *mut bpf_sockopt = ctx.sockopt;
     // SAFETY: fields of the kernel's bpf_sockopt.
-    let (level, optname, sk) =
-        unsafe { ((*so).level, (*so).optname, (*so).__bindgen_anon_1.sk) };
+    let (level, optname, sk) = unsafe { ((*so).level, (*so).optname, (*so).__bindgen_anon_1.sk) };
     if optname != SO_ORIGINAL_DST || (level != SOL_IP && level != SOL_IPV6) || sk.is_null() {
         return Ok(());
     }
@@ -393,6 +397,25 @@ fn try_original_dst(ctx: &SockoptContext) -> Result<(), i64> {
         (*so).retval = 0;
     }
     Ok(())
+}
+
+/// Inet sockets an agent may create: TCP and UDP only. Raw sockets and every
+/// other protocol are refused. (Runs for AF_INET/AF_INET6 only; other
+/// families are refused by the LSM program or `cordon run`'s seccomp filter.)
+/// Fails closed: anything not on that list is denied.
+#[cgroup_sock(sock_create)]
+pub fn restrict_sock_create(ctx: SockContext) -> i32 {
+    let sk = ctx.sock;
+    // SAFETY: fields of the kernel's bpf_sock, readable in sock_create.
+    let (ty, protocol) = unsafe { ((*sk).type_, (*sk).protocol) };
+    let protocol = protocol as i32;
+    let allowed = (ty == SOCK_STREAM && (protocol == IPPROTO_IP || protocol == IPPROTO_TCP))
+        || (ty == SOCK_DGRAM && (protocol == IPPROTO_IP || protocol == IPPROTO_UDP));
+    if allowed {
+        ALLOW
+    } else {
+        DENY
+    }
 }
 
 /// Socket families and types an agent may create: unix, netlink route, and

@@ -127,6 +127,9 @@ mod tests {
             parse_mountinfo(text),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
-        assert_eq!(parse_mountinfo("1 2 0:1 / /x rw - ext4 /dev/sda rw\n"), None);
+        assert_eq!(
+            parse_mountinfo("1 2 0:1 / /x rw - ext4 /dev/sda rw\n"),
+            None
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! socket the proxy accepts. First stage of the data flow.
 
 pub mod cgroup;
+pub mod seccomp;
 
 use std::{
     collections::HashMap as StdHashMap,
@@ -38,6 +39,7 @@ pub const AGENT_PROGRAMS: &[&str] = &[
     "restore_getpeername4",
     "restore_getpeername6",
     "attest_sock_ops",
+    "restrict_sock_create",
     "restrict_socket_create",
     "restrict_socket_connect",
     "restrict_socket_sendmsg",
@@ -331,6 +333,7 @@ impl Capture {
                 }
                 aya::programs::Program::CgroupSockAddr(p) => p.load().map_err(program_err)?,
                 aya::programs::Program::SockOps(p) => p.load().map_err(program_err)?,
+                aya::programs::Program::CgroupSock(p) => p.load().map_err(program_err)?,
                 aya::programs::Program::CgroupSockopt(p) => p.load().map_err(program_err)?,
                 _ => return Err(CaptureError::MissingProgram(name)),
             }
@@ -442,6 +445,11 @@ impl Capture {
         let mode = CgroupAttachMode::Single;
         match prog {
             aya::programs::Program::CgroupSockAddr(p) => {
+                let id = p.attach(cg, mode).map_err(program_err)?;
+                let link = p.take_link(id).map_err(program_err)?;
+                FdLink::try_from(link).map_err(link_err)
+            }
+            aya::programs::Program::CgroupSock(p) => {
                 let id = p.attach(cg, mode).map_err(program_err)?;
                 let link = p.take_link(id).map_err(program_err)?;
                 FdLink::try_from(link).map_err(link_err)

@@ -51,9 +51,8 @@ fn cgroup_root(config: &Config, mount: &Path) -> PathBuf {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let state_dir = config.daemon.state_dir.clone();
     create_private_dir(&state_dir)?;
-    let audit = Arc::new(
-        audit::Store::open(&audit_dir(&state_dir)).context("opening the session store")?,
-    );
+    let audit =
+        Arc::new(audit::Store::open(&audit_dir(&state_dir)).context("opening the session store")?);
     let stop = Arc::new(AtomicBool::new(false));
     let checkpointer = spawn_checkpointer(audit.clone(), stop.clone());
 
@@ -85,6 +84,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .map(|n| n.sun_path())
         .collect();
     capture.set_unix_allow(&unix)?;
+    if !unix.is_empty() && !capture.lsm_active() {
+        anyhow::bail!(
+            "{}: key `daemon.unix_allow`: this kernel refuses BPF LSM programs, so a unix-socket allow list cannot be enforced; remove the key (agents started with `cordon run` then get no unix sockets at all)",
+            config.file.display()
+        );
+    }
 
     let identity = identity::Registry::default();
     let runtime_pins = pins::load(&state_dir);

@@ -13,7 +13,17 @@ pub fn list(config: &Path, agent: Option<String>, limit: usize, json: bool) -> a
     let sessions: Vec<Session> = serde_json::from_value(data)?;
     println!(
         "{:<16}  {:<20}  {:<12} {:>7} {:>6} {:<12} {:<24} {:<12} {:<6} {:>8} {:>8}  REASON",
-        "ID", "STARTED", "AGENT", "PID", "UID", "COMM", "DESTINATION", "RESOURCE", "VERDICT", "UP", "DOWN"
+        "ID",
+        "STARTED",
+        "AGENT",
+        "PID",
+        "UID",
+        "COMM",
+        "DESTINATION",
+        "RESOURCE",
+        "VERDICT",
+        "UP",
+        "DOWN"
     );
     for s in sessions {
         println!(
@@ -48,7 +58,14 @@ pub fn show(config: &Path, id: &str, json: bool) -> anyhow::Result<()> {
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     println!("session      {}", s.id);
     println!("agent        {}", opt(&s.agent));
-    println!("process      pid {} uid {} gid {} comm {} exe {}", s.pid, s.uid, s.gid, s.comm, opt(&s.exe));
+    println!(
+        "process      pid {} uid {} gid {} comm {} exe {}",
+        s.pid,
+        s.uid,
+        s.gid,
+        s.comm,
+        opt(&s.exe)
+    );
     println!("cgroup id    {}", s.cgroup_id);
     println!("destination  {}", s.dst);
     println!("resource     {} ({})", opt(&s.resource), opt(&s.protocol));

@@ -257,7 +257,10 @@ impl Config {
         let listen: SocketAddr = d.listen.parse().map_err(|_| {
             invalid(
                 "daemon.listen".into(),
-                format!("expected IPv4 address:port such as 127.0.0.1:15001, got `{}`", d.listen),
+                format!(
+                    "expected IPv4 address:port such as 127.0.0.1:15001, got `{}`",
+                    d.listen
+                ),
             )
         })?;
         if !listen.is_ipv4() || listen.port() == 0 {
@@ -399,7 +402,10 @@ impl Config {
             if let Some(other) = resources.iter().find(|o| o.address == address) {
                 return Err(invalid(
                     format!("resource[{i}].address"),
-                    format!("`{address}` is already the address of resource `{}`", other.name),
+                    format!(
+                        "`{address}` is already the address of resource `{}`",
+                        other.name
+                    ),
                 ));
             }
             resources.push(Resource {
@@ -542,23 +548,55 @@ expires = "2026-12-31T00:00:00Z"
         };
         assert_eq!(cfg.agents.len(), 1);
         assert_eq!(cfg.daemon.bpffs, PathBuf::from("/sys/fs/bpf/cordon"));
-        let dst: SocketAddr = "[::ffff:10.0.0.5]:5432".parse().unwrap_or_else(|_| unreachable!());
-        assert_eq!(cfg.resource_at(dst).map(|r| r.name.as_str()), Some("orders-db"));
+        let dst: SocketAddr = "[::ffff:10.0.0.5]:5432"
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
+        assert_eq!(
+            cfg.resource_at(dst).map(|r| r.name.as_str()),
+            Some("orders-db")
+        );
     }
 
     #[test]
     fn rejections_name_file_key_and_problem() {
         let table = [
             (BASE.replace("listen =", "lisen ="), "unknown field `lisen`"),
-            (BASE.replace("10.0.0.5:5432", "db.example:5432"), "resource[0].address"),
-            (BASE.replace("protocol = \"tcp\"", "protocol = \"ftp\""), "resource[0].protocol"),
-            (BASE.replace("2026-12-31T00:00:00Z", "tomorrow"), "grant[0].expires"),
-            (BASE.replace("agent = \"billing-bot\"", "agent = \"nobody-bot\""), "grant[0].agent"),
-            (BASE.replace("name = \"billing-bot\"", "name = \"../etc\""), "agent[0].name"),
-            (BASE.replace("\"/tmp/cordon-state\"", "\"relative\""), "daemon.state_dir"),
-            (BASE.replace("127.0.0.1:15001", "[::1]:15001"), "daemon.listen"),
-            (BASE.replace("[daemon]", "[daemon]\nunix_allow = [\"run/x\"]"), "daemon.unix_allow[0]"),
-            (BASE.replace("[daemon]", "[deamon]"), "unknown field `deamon`"),
+            (
+                BASE.replace("10.0.0.5:5432", "db.example:5432"),
+                "resource[0].address",
+            ),
+            (
+                BASE.replace("protocol = \"tcp\"", "protocol = \"ftp\""),
+                "resource[0].protocol",
+            ),
+            (
+                BASE.replace("2026-12-31T00:00:00Z", "tomorrow"),
+                "grant[0].expires",
+            ),
+            (
+                BASE.replace("agent = \"billing-bot\"", "agent = \"nobody-bot\""),
+                "grant[0].agent",
+            ),
+            (
+                BASE.replace("name = \"billing-bot\"", "name = \"../etc\""),
+                "agent[0].name",
+            ),
+            (
+                BASE.replace("\"/tmp/cordon-state\"", "\"relative\""),
+                "daemon.state_dir",
+            ),
+            (
+                BASE.replace("127.0.0.1:15001", "[::1]:15001"),
+                "daemon.listen",
+            ),
+            (
+                BASE.replace("[daemon]", "[daemon]\nunix_allow = [\"run/x\"]"),
+                "daemon.unix_allow[0]",
+            ),
+            (
+                BASE.replace("[daemon]", "[deamon]"),
+                "unknown field `deamon`",
+            ),
         ];
         for (text, want) in table {
             let got = err(&text);
@@ -575,7 +613,10 @@ expires = "2026-12-31T00:00:00Z"
 
     #[test]
     fn unix_names() {
-        assert_eq!(UnixName::parse("@x").map(|n| n.sun_path()), Ok(vec![0, b'x']));
+        assert_eq!(
+            UnixName::parse("@x").map(|n| n.sun_path()),
+            Ok(vec![0, b'x'])
+        );
         assert_eq!(
             UnixName::parse("/run/a.sock").map(|n| n.sun_path()),
             Ok(b"/run/a.sock".to_vec())

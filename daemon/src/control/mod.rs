@@ -25,12 +25,22 @@ const MAX_REQUEST: usize = 64 * 1024;
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Status,
-    SessionsList { agent: Option<String>, limit: usize },
-    SessionsShow { id: String },
+    SessionsList {
+        agent: Option<String>,
+        limit: usize,
+    },
+    SessionsShow {
+        id: String,
+    },
     /// Move the calling process into an agent's cgroup.
-    Join { agent: String },
+    Join {
+        agent: String,
+    },
     /// Pin an existing cgroup as an agent's.
-    Pin { agent: String, cgroup: PathBuf },
+    Pin {
+        agent: String,
+        cgroup: PathBuf,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -160,7 +170,9 @@ fn dispatch(gw: &Arc<Gateway>, caller: Caller, req: Request) -> Response {
             }
         }),
         Request::Join { agent } => join(gw, caller, &agent),
-        Request::Pin { agent, cgroup } => require_root(caller).and_then(|()| pin(gw, &agent, &cgroup)),
+        Request::Pin { agent, cgroup } => {
+            require_root(caller).and_then(|()| pin(gw, &agent, &cgroup))
+        }
     };
     result.unwrap_or_else(|e| e)
 }
@@ -197,6 +209,7 @@ fn status(gw: &Gateway) -> Response {
         "programs": capture::AGENT_PROGRAMS,
         "daemon_program": capture::DAEMON_PROGRAM,
         "daemon_cgroup": daemon_cgroup,
+        "lsm_active": gw.capture.read().map(|c| c.lsm_active()).unwrap_or(false),
         "agents": agents,
         "sessions": {
             "recorded": gw.audit.len(),
@@ -228,7 +241,8 @@ fn join(gw: &Gateway, caller: Caller, agent: &str) -> Result<Response, Response>
         .cgroup_of(agent)
         .ok_or_else(|| Response::err(format!("agent `{agent}` has no pinned cgroup")))?;
     let mount = capture::cgroup::cgroup2_mount().map_err(|e| Response::err(e.to_string()))?;
-    let current = capture::cgroup::of_process(&mount, pid).map_err(|e| Response::err(e.to_string()))?;
+    let current =
+        capture::cgroup::of_process(&mount, pid).map_err(|e| Response::err(e.to_string()))?;
     if let Some(already) = gw.identity.agent_containing(&current) {
         return Err(Response::err(format!(
             "refused: the caller already runs as agent `{already}`; agents cannot change identity"
@@ -236,7 +250,10 @@ fn join(gw: &Gateway, caller: Caller, agent: &str) -> Result<Response, Response>
     }
     capture::cgroup::add_process(&cgroup, pid).map_err(|e| Response::err(e.to_string()))?;
     tracing::info!(agent, pid, uid = caller.uid, "process joined agent cgroup");
-    Ok(Response::ok(serde_json::json!({ "cgroup": cgroup })))
+    let unix_sockets = gw.capture.read().map(|c| c.lsm_active()).unwrap_or(false);
+    Ok(Response::ok(
+        serde_json::json!({ "cgroup": cgroup, "unix_sockets": unix_sockets }),
+    ))
 }
 
 fn pin(gw: &Gateway, agent: &str, cgroup: &Path) -> Result<Response, Response> {
@@ -262,9 +279,9 @@ fn pin(gw: &Gateway, agent: &str, cgroup: &Path) -> Result<Response, Response> {
         let attached = cap
             .attach_agent(agent, index as u32, cgroup)
             .map_err(|e| Response::err(e.to_string()))?;
-        if let Some(old) = gw
-            .identity
-            .register(attached.id, spec.name.clone(), attached.path.clone())
+        if let Some(old) =
+            gw.identity
+                .register(attached.id, spec.name.clone(), attached.path.clone())
         {
             cap.forget_cgroup(old);
         }

@@ -87,10 +87,19 @@ expires = "{expires}"
         let b = AgentName::parse("b").unwrap();
         let live = config("2999-01-01T00:00:00Z");
         assert!(check(&live, &a, "db", now).is_ok());
-        assert!(matches!(check(&live, &b, "db", now), Err(GrantDenial::None { .. })));
-        assert!(matches!(check(&live, &a, "other", now), Err(GrantDenial::None { .. })));
+        assert!(matches!(
+            check(&live, &b, "db", now),
+            Err(GrantDenial::None { .. })
+        ));
+        assert!(matches!(
+            check(&live, &a, "other", now),
+            Err(GrantDenial::None { .. })
+        ));
         let old = config("2000-01-01T00:00:00Z");
         let err = check(&old, &a, "db", now).unwrap_err();
-        assert!(err.to_string().contains("expired at 2000-01-01T00:00:00Z"), "{err}");
+        assert!(
+            err.to_string().contains("expired at 2000-01-01T00:00:00Z"),
+            "{err}"
+        );
     }
 }

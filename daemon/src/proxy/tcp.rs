@@ -53,7 +53,8 @@ pub async fn serve(ctx: SessionCtx, mut agent: TcpStream) -> Session {
     let upstream = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            record.end_reason = Some(End::UpstreamError(format!("connect to {target}: {e}")).describe());
+            record.end_reason =
+                Some(End::UpstreamError(format!("connect to {target}: {e}")).describe());
             reset(agent);
             return record;
         }
