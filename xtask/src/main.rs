@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod gateway;
 mod setup;
 mod suite;
 mod util;
@@ -35,6 +36,12 @@ enum Task {
         /// Which benchmark to run.
         kind: String,
     },
+    /// The benchmark's client (run directly and inside an agent cgroup).
+    #[command(hide = true)]
+    BenchClient {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +51,7 @@ fn main() -> ExitCode {
         Task::Test => suite::run(),
         Task::Demo => setup::run().and_then(|()| demo::run()),
         Task::Bench { kind } => setup::run().and_then(|()| bench::run(&kind)),
+        Task::BenchClient { args } => bench::client(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,15 +26,19 @@ usage: cordon-probe COMMAND [ARGS]
   whoami
   spawn-child COMMAND [ARGS]     (runs this probe again as a child process)
   hold ADDR SECONDS [--timeout-ms MS]
+  uring                          (io_uring_setup(2) with 8 entries)
 ADDR is IP:PORT, [IPV6]:PORT or [::ffff:A.B.C.D]:PORT (host names are resolved).
-Each command prints one JSON line and exits 0; bad arguments exit 2.";
+Each command prints one JSON line and exits 0; bad arguments exit 2.
+Every JSON line carries \"pid\": the id of the process that printed it;
+spawn-child adds \"parent_pid\" to its child's line.";
 
 const DEFAULT_TIMEOUT_MS: u64 = 5000;
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     match dispatch(&args) {
-        Ok(Outcome::Json(value)) => {
+        Ok(Outcome::Json(mut value)) => {
+            with_pid(&mut value);
             println!("{value}");
             ExitCode::SUCCESS
         }
@@ -43,6 +47,14 @@ fn main() -> ExitCode {
             eprintln!("cordon-probe: {msg}\n{USAGE}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Adds `"pid"` (this process) to a JSON object, so tests can match a line
+/// with what the daemon attested.
+fn with_pid(value: &mut Value) {
+    if let Some(map) = value.as_object_mut() {
+        map.insert("pid".to_owned(), json!(std::process::id()));
     }
 }
 
@@ -139,6 +151,10 @@ fn dispatch(args: &[String]) -> ArgResult<Outcome> {
                 Duration::from_secs_f64(seconds),
                 Duration::from_millis(a.number("--timeout-ms", DEFAULT_TIMEOUT_MS)?),
             )
+        }
+        "uring" => {
+            Args::parse(rest, &[], &[])?.positional::<0>()?;
+            uring()
         }
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
@@ -657,7 +673,17 @@ fn spawn_child(args: &[String]) -> Outcome {
     match result {
         Ok(out) => {
             let mut stdout = io::stdout().lock();
-            let _ = stdout.write_all(&out.stdout);
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                match serde_json::from_str::<Value>(line) {
+                    Ok(Value::Object(mut map)) => {
+                        map.insert("parent_pid".to_owned(), json!(std::process::id()));
+                        let _ = writeln!(stdout, "{}", Value::Object(map));
+                    }
+                    _ => {
+                        let _ = writeln!(stdout, "{line}");
+                    }
+                }
+            }
             let _ = stdout.flush();
             let code = out
                 .status
@@ -673,6 +699,25 @@ fn spawn_child(args: &[String]) -> Outcome {
             "error": e.to_string(),
         })),
     }
+}
+
+/// io_uring_setup(2) with 8 entries; the ring is closed straight away.
+fn uring() -> Value {
+    // struct io_uring_params is 120 bytes of plain integers; all-zero asks for
+    // the defaults. The buffer is over-aligned and generously sized.
+    let mut params = [0u64; 32];
+    // SAFETY: io_uring_setup reads and writes at most sizeof(io_uring_params)
+    // (120) bytes at the pointer, which points at 256 writable bytes.
+    let rc = unsafe { libc::syscall(libc::SYS_io_uring_setup, 8u32, params.as_mut_ptr()) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return json!({"op": "uring", "ok": false, "errno": errno_of(&e), "error": e.to_string()});
+    }
+    if let Ok(fd) = i32::try_from(rc) {
+        // SAFETY: fd is the ring descriptor just returned; nothing else owns it.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    json!({"op": "uring", "ok": true, "errno": null, "error": null})
 }
 
 fn hold(addr: SocketAddr, seconds: Duration, timeout: Duration) -> Value {
