@@ -28,6 +28,9 @@ pub use serde_json;
 /// uid/gid the probe drops to when a test wants an unprivileged agent.
 pub const NOBODY: u32 = 65534;
 
+/// An expiry no test run will reach.
+pub const FAR_FUTURE: &str = "2099-01-01T00:00:00Z";
+
 /// How long a single `cordon run`/probe invocation may take before it is
 /// killed and the test fails.
 pub const PROBE_TIME_LIMIT: Duration = Duration::from_secs(30);
@@ -38,14 +41,17 @@ pub const PROBE_TIME_LIMIT: Duration = Duration::from_secs(30);
 /// True when the kernel tests can run. Not root: panics when `CI` is set (the
 /// kernel tests must never be skipped there), otherwise prints why the test
 /// is skipped and returns false.
-pub fn kernel_tests_enabled(test: &str) -> bool {
+pub fn kernel_tests_enabled() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
     if euid == 0 {
         return true;
     }
-    if std::env::var_os("CI").is_some() {
-        panic!("kernel tests must run as root in CI (test `{test}` runs as euid {euid})");
+    // libtest names each test's thread after the test.
+    let current = thread::current();
+    let test = current.name().unwrap_or("this test");
+    if in_ci() {
+        panic!("kernel tests must run as root in CI (`{test}` runs as euid {euid})");
     }
     println!(
         "skipping `{test}`: kernel tests need root (euid is {euid}); they load eBPF programs, \
@@ -54,12 +60,17 @@ pub fn kernel_tests_enabled(test: &str) -> bool {
     false
 }
 
+/// `CI` is set to anything but "", "0" or "false".
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
 /// Returns early from a test that cannot run without root (see
 /// [`kernel_tests_enabled`]).
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if !$crate::kernel_tests_enabled(module_path!()) {
+        if !$crate::kernel_tests_enabled() {
             return;
         }
     };
@@ -333,7 +344,12 @@ pub fn parse_probe(out: &Output, context: &str) -> Value {
 /// Runs the probe directly, outside any agent cgroup, as the test's user.
 pub fn probe_outside(args: &[&str]) -> Value {
     let out = run_with_limit(Command::new(probe_bin()).args(args), PROBE_TIME_LIMIT);
-    parse_probe(&out, &format!("probe {args:?} outside the agent cgroup"))
+    let v = parse_probe(&out, &format!("probe {args:?} outside the agent cgroup"));
+    println!(
+        "[{:.3}] outside as root: probe {args:?} -> {v}",
+        epoch_secs()
+    );
+    v
 }
 
 /// Runs the probe outside any agent cgroup as uid/gid 65534.
@@ -345,7 +361,12 @@ pub fn probe_outside_as_nobody(args: &[&str]) -> Value {
             .args(args),
         PROBE_TIME_LIMIT,
     );
-    parse_probe(&out, &format!("probe {args:?} outside as nobody"))
+    let v = parse_probe(&out, &format!("probe {args:?} outside as nobody"));
+    println!(
+        "[{:.3}] outside as nobody: probe {args:?} -> {v}",
+        epoch_secs()
+    );
+    v
 }
 
 fn setpriv_nobody() -> Vec<String> {
@@ -431,13 +452,12 @@ impl Setup {
     }
 
     /// The common case: agent `bot` with a tcp resource `echo` at `address`
-    /// and a grant that runs until 2030.
+    /// and a grant that runs until 2099.
     pub fn bot_with_echo(address: &str) -> Setup {
-        Setup::new().agent("bot").resource("echo", address).grant(
-            "bot",
-            "echo",
-            "2030-01-01T00:00:00Z",
-        )
+        Setup::new()
+            .agent("bot")
+            .resource("echo", address)
+            .grant("bot", "echo", FAR_FUTURE)
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -559,6 +579,7 @@ impl Daemon {
             .arg(&self.config)
             .arg("daemon")
             .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -774,7 +795,14 @@ impl Daemon {
             .rev()
             .find_map(|l| serde_json::from_str::<Value>(l).ok());
         match parsed {
-            Some(v) if v.is_object() => v,
+            Some(v) if v.is_object() => {
+                // Captured by libtest; shown when the test fails.
+                println!(
+                    "[{:.3}] inside {agent} as {who:?}: probe {probe_args:?} -> {v}",
+                    epoch_secs()
+                );
+                v
+            }
             _ => panic!(
                 "cordon run --agent {agent} -- probe {probe_args:?} printed no JSON line \
                  (exit {})\nstdout: {stdout}\nstderr: {}\n{}",
@@ -1081,4 +1109,46 @@ pub fn u64_of(v: &Value, key: &str) -> u64 {
 /// `v[key]` as &str, or "" when absent/null.
 pub fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
     v[key].as_str().unwrap_or("")
+}
+
+/// Collects failed expectations so one run reports all of them at once.
+#[derive(Default)]
+pub struct Checks {
+    failures: Vec<String>,
+}
+
+impl Checks {
+    pub fn new() -> Checks {
+        Checks::default()
+    }
+
+    /// Records `msg` when `ok` is false.
+    pub fn check(&mut self, ok: bool, msg: impl Into<String>) {
+        if !ok {
+            self.failures.push(msg.into());
+        }
+    }
+
+    /// Records a mismatch between `got` and `want`.
+    pub fn eq<T: PartialEq + std::fmt::Debug>(&mut self, what: &str, got: T, want: T) {
+        if got != want {
+            self.failures
+                .push(format!("{what}: got {got:?}, expected {want:?}"));
+        }
+    }
+
+    pub fn ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// Panics listing every failure, then `context` (JSON seen, daemon stderr).
+    pub fn finish(self, context: impl FnOnce() -> String) {
+        if !self.failures.is_empty() {
+            let mut msg = String::from("failed expectations:\n");
+            for f in &self.failures {
+                let _ = writeln!(msg, "  - {f}");
+            }
+            panic!("{msg}{}", context());
+        }
+    }
 }

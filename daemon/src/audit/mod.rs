@@ -316,12 +316,8 @@ impl Store {
         Ok(out)
     }
 
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.sessions.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
     }
 }
 

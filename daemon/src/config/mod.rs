@@ -188,8 +188,6 @@ pub struct Resource {
     pub name: String,
     pub protocol: Protocol,
     pub address: SocketAddr,
-    pub credential: Option<String>,
-    pub policy: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -227,9 +225,6 @@ impl UnixName {
             }
             None => self.0.as_bytes().to_vec(),
         }
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
     }
 }
 
@@ -408,12 +403,24 @@ impl Config {
                     ),
                 ));
             }
+            // A tcp resource is relayed byte for byte: no credential is
+            // injected and no per-command policy applies, so accepting these
+            // keys would promise protection that is not there.
+            for (key, value) in [("credential", &r.credential), ("policy", &r.policy)] {
+                if value.is_some() {
+                    return Err(invalid(
+                        format!("resource[{i}].{key}"),
+                        format!(
+                            "`{key}` has no effect on protocol `{}` resources; remove it",
+                            protocol.as_str()
+                        ),
+                    ));
+                }
+            }
             resources.push(Resource {
                 name: r.name,
                 protocol,
                 address,
-                credential: r.credential,
-                policy: r.policy,
             });
         }
 

@@ -212,7 +212,7 @@ fn status(gw: &Gateway) -> Response {
         "lsm_active": gw.capture.read().map(|c| c.lsm_active()).unwrap_or(false),
         "agents": agents,
         "sessions": {
-            "recorded": gw.audit.len(),
+            "recorded": gw.audit.count(),
             "allowed": gw.stats.allowed.load(Ordering::Relaxed),
             "denied": gw.stats.denied.load(Ordering::Relaxed),
             "active": gw.stats.active.load(Ordering::Relaxed),

@@ -6,6 +6,7 @@
 //! Any stage that cannot decide refuses the connection with a TCP reset and
 //! records why.
 
+mod splice;
 pub mod tcp;
 
 use std::{
@@ -207,6 +208,7 @@ fn admit(
 ) -> Result<Admitted, Refusal> {
     let principal = gw.identity.resolve(attested)?;
     record.agent = Some(principal.agent.to_string());
+    record.cgroup = Some(principal.agent_cgroup.display().to_string());
     tracing::Span::current().record("agent", principal.agent.as_str());
     let resource = gw
         .config

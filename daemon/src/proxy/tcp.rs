@@ -6,34 +6,30 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{
-        tcp::{ReadHalf, WriteHalf},
-        TcpStream,
-    },
+use tokio::net::TcpStream;
+
+use super::{
+    reset,
+    splice::{self, Pipe, PumpError},
+    SessionCtx,
 };
-
-use super::{reset, SessionCtx};
 use crate::audit::Session;
-
-const BUF: usize = 64 * 1024;
 
 /// Which side ended the session, in the audit's words.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
-    AgentClosed,
-    UpstreamClosed,
+    Closed,
     AgentError(String),
     UpstreamError(String),
     GrantExpired,
+    Internal(String),
 }
 
 impl End {
     fn describe(&self) -> String {
         match self {
-            End::AgentClosed => "agent closed".into(),
-            End::UpstreamClosed => "upstream closed".into(),
+            End::Closed => "closed by both sides".into(),
+            End::Internal(e) => format!("cordon failed: {e}"),
             End::AgentError(e) => format!("agent side failed: {e}"),
             End::UpstreamError(e) => format!("upstream side failed: {e}"),
             End::GrantExpired => "grant expired: session closed by cordon".into(),
@@ -41,7 +37,7 @@ impl End {
     }
 }
 
-pub async fn serve(ctx: SessionCtx, mut agent: TcpStream) -> Session {
+pub async fn serve(ctx: SessionCtx, agent: TcpStream) -> Session {
     let SessionCtx {
         gw,
         mut record,
@@ -69,27 +65,30 @@ pub async fn serve(ctx: SessionCtx, mut agent: TcpStream) -> Session {
     };
     let _ = upstream.set_nodelay(true);
     let _ = agent.set_nodelay(true);
-    let mut upstream = upstream;
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
-    let end = {
-        let (mut ar, mut aw) = agent.split();
-        let (mut ur, mut uw) = upstream.split();
-        let relay = async {
-            let (a, b) = tokio::join!(
-                pump(&mut ar, &mut uw, &up, Side::Agent),
-                pump(&mut ur, &mut aw, &down, Side::Upstream)
-            );
-            // The first failure, else the side that closed first.
-            match (a, b) {
-                (Err(e), _) | (_, Err(e)) => e,
-                (Ok(()), Ok(())) => End::AgentClosed,
+    let end = match (Pipe::new(), Pipe::new()) {
+        (Ok(up_pipe), Ok(down_pipe)) => {
+            let relay = async {
+                let (a, b) = tokio::join!(
+                    splice::pump(&agent, &upstream, &up_pipe, &up),
+                    splice::pump(&upstream, &agent, &down_pipe, &down)
+                );
+                // The first failure, else a clean close.
+                match (a, b) {
+                    (Err(PumpError::Read(e)), _) => End::AgentError(e.to_string()),
+                    (Err(PumpError::Write(e)), _) => End::UpstreamError(e.to_string()),
+                    (_, Err(PumpError::Read(e))) => End::UpstreamError(e.to_string()),
+                    (_, Err(PumpError::Write(e))) => End::AgentError(e.to_string()),
+                    (Ok(()), Ok(())) => End::Closed,
+                }
+            };
+            tokio::select! {
+                end = relay => end,
+                () = tokio::time::sleep_until(deadline) => End::GrantExpired,
             }
-        };
-        tokio::select! {
-            end = relay => end,
-            () = tokio::time::sleep_until(deadline) => End::GrantExpired,
         }
+        (Err(e), _) | (_, Err(e)) => End::Internal(format!("cannot create relay pipes: {e}")),
     };
     record.bytes_up = up.load(Ordering::Relaxed);
     record.bytes_down = down.load(Ordering::Relaxed);
@@ -99,39 +98,4 @@ pub async fn serve(ctx: SessionCtx, mut agent: TcpStream) -> Session {
     }
     record.end_reason = Some(end.describe());
     record
-}
-
-#[derive(Clone, Copy)]
-enum Side {
-    Agent,
-    Upstream,
-}
-
-/// Copies one direction until EOF, then half-closes the other side.
-async fn pump(
-    from: &mut ReadHalf<'_>,
-    to: &mut WriteHalf<'_>,
-    count: &AtomicU64,
-    side: Side,
-) -> Result<(), End> {
-    let (read_err, write_err): (fn(String) -> End, fn(String) -> End) = match side {
-        Side::Agent => (End::AgentError, End::UpstreamError),
-        Side::Upstream => (End::UpstreamError, End::AgentError),
-    };
-    let mut buf = vec![0u8; BUF];
-    loop {
-        let n = from
-            .read(&mut buf)
-            .await
-            .map_err(|e| read_err(e.to_string()))?;
-        if n == 0 {
-            let _ = to.shutdown().await;
-            return Ok(());
-        }
-        let chunk = buf.get(..n).unwrap_or_default();
-        to.write_all(chunk)
-            .await
-            .map_err(|e| write_err(e.to_string()))?;
-        count.fetch_add(n as u64, Ordering::Relaxed);
-    }
 }
