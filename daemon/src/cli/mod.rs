@@ -23,3 +23,11 @@ fn call(config: &Path, request: &control::Request) -> anyhow::Result<serde_json:
     let sock = socket(config)?;
     Ok(control::client::call(&sock, request)?)
 }
+
+fn call_typed<T: serde::de::DeserializeOwned>(
+    config: &Path,
+    request: &control::Request,
+) -> anyhow::Result<T> {
+    let data = call(config, request)?;
+    serde_json::from_value(data).context("the daemon's reply has an unexpected shape")
+}

@@ -2,12 +2,12 @@
 
 use std::path::Path;
 
-use crate::control::Request;
+use crate::control::{Pinned, Request};
 
 pub fn run(config: &Path, agent: &str, cgroup: &Path) -> anyhow::Result<()> {
     let cgroup = std::fs::canonicalize(cgroup)
         .map_err(|e| anyhow::anyhow!("cgroup {}: {e}", cgroup.display()))?;
-    let data = super::call(
+    let data: Pinned = super::call_typed(
         config,
         &Request::Pin {
             agent: agent.to_owned(),
@@ -15,9 +15,10 @@ pub fn run(config: &Path, agent: &str, cgroup: &Path) -> anyhow::Result<()> {
         },
     )?;
     println!(
-        "pinned agent {agent} to {} ({} programs attached)",
-        data["cgroup"].as_str().unwrap_or("?"),
-        data["links"]
+        "pinned agent {agent} to {} (cgroup id {}, {} programs attached)",
+        data.cgroup.display(),
+        data.cgroup_id,
+        data.links
     );
     Ok(())
 }

@@ -7,13 +7,13 @@ use std::{ffi::OsString, os::unix::process::CommandExt as _, path::Path, process
 
 use anyhow::bail;
 
-use crate::control::Request;
+use crate::control::{Joined, Request};
 
 pub fn run(config: &Path, agent: &str, command: &[OsString]) -> anyhow::Result<()> {
     let Some((program, args)) = command.split_first() else {
         bail!("no command given: use `cordon run --agent NAME -- CMD [ARGS...]`");
     };
-    let joined = super::call(
+    let joined: Joined = super::call_typed(
         config,
         &Request::Join {
             agent: agent.to_owned(),
@@ -21,8 +21,7 @@ pub fn run(config: &Path, agent: &str, command: &[OsString]) -> anyhow::Result<(
     )?;
     // Unix sockets stay usable only where the kernel enforces the daemon's
     // allow list (BPF LSM); otherwise they are refused outright.
-    let allow_unix = joined["unix_sockets"].as_bool().unwrap_or(false);
-    crate::capture::seccomp::confine(allow_unix)?;
+    crate::capture::seccomp::confine(joined.unix_sockets)?;
     let err = Command::new(program).args(args).exec();
     bail!("cannot run {}: {err}", program.to_string_lossy())
 }

@@ -69,6 +69,63 @@ impl Response {
     }
 }
 
+/// `status` reply.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub pid: u32,
+    pub config: PathBuf,
+    pub listen: Vec<String>,
+    pub bpffs: PathBuf,
+    pub programs: Vec<String>,
+    pub daemon_program: String,
+    pub daemon_cgroup: Option<PathBuf>,
+    /// Whether the BPF LSM programs are in force on this kernel.
+    pub lsm_active: bool,
+    pub agents: Vec<AgentStatus>,
+    pub sessions: SessionCounts,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub name: String,
+    pub cgroup: PathBuf,
+    pub cgroup_id: u64,
+    pub pinned_links: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SessionCounts {
+    pub recorded: usize,
+    pub allowed: u64,
+    pub denied: u64,
+    pub active: u64,
+}
+
+/// `join` reply.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Joined {
+    pub cgroup: PathBuf,
+    /// Whether the kernel enforces the unix-socket allow list (else the
+    /// caller must refuse unix sockets itself).
+    pub unix_sockets: bool,
+}
+
+/// `pin` reply.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Pinned {
+    pub agent: String,
+    pub cgroup: PathBuf,
+    pub cgroup_id: u64,
+    pub links: usize,
+}
+
+fn reply<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_value(value) {
+        Ok(v) => Response::ok(v),
+        Err(e) => Response::err(format!("cannot encode reply: {e}")),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("control socket {path}: {source}")]
@@ -158,13 +215,13 @@ fn dispatch(gw: &Arc<Gateway>, caller: Caller, req: Request) -> Response {
         Request::SessionsList { agent, limit } => require_root(caller).and_then(|()| {
             gw.audit
                 .list(agent.as_deref(), limit.clamp(1, 100_000))
-                .map(|v| Response::ok(serde_json::to_value(v).unwrap_or_default()))
+                .map(|v| reply(&v))
                 .map_err(|e| Response::err(e.to_string()))
         }),
         Request::SessionsShow { id } => require_root(caller).and_then(|()| {
             let id: SessionId = id.parse().map_err(Response::err)?;
             match gw.audit.get(id) {
-                Ok(Some(s)) => Ok(Response::ok(serde_json::to_value(s).unwrap_or_default())),
+                Ok(Some(s)) => Ok(reply(&s)),
                 Ok(None) => Err(Response::err(format!("no session {id}"))),
                 Err(e) => Err(Response::err(e.to_string())),
             }
@@ -182,42 +239,43 @@ fn status(gw: &Gateway) -> Response {
         root: gw.config.daemon.bpffs.clone(),
     };
     let pinned = capture::pinned_links(&layout);
-    let agents: Vec<_> = gw
+    let agents = gw
         .identity
         .list()
         .into_iter()
-        .map(|(name, path, id)| {
-            serde_json::json!({
-                "name": name.as_str(),
-                "cgroup": path,
-                "cgroup_id": id,
-                "pinned_links": pinned.get(name.as_str()).copied().unwrap_or(0),
-            })
+        .map(|(name, cgroup, cgroup_id)| AgentStatus {
+            pinned_links: pinned.get(name.as_str()).copied().unwrap_or(0),
+            name: name.to_string(),
+            cgroup,
+            cgroup_id,
         })
         .collect();
     let listen = gw.config.daemon.listen;
-    let daemon_cgroup = gw
+    let (daemon_cgroup, lsm_active) = gw
         .capture
         .read()
-        .ok()
-        .and_then(|c| c.daemon_cgroup().map(Path::to_path_buf));
-    Response::ok(serde_json::json!({
-        "pid": std::process::id(),
-        "config": gw.config.file,
-        "listen": [listen.to_string(), format!("[::1]:{}", listen.port())],
-        "bpffs": gw.config.daemon.bpffs,
-        "programs": capture::AGENT_PROGRAMS,
-        "daemon_program": capture::DAEMON_PROGRAM,
-        "daemon_cgroup": daemon_cgroup,
-        "lsm_active": gw.capture.read().map(|c| c.lsm_active()).unwrap_or(false),
-        "agents": agents,
-        "sessions": {
-            "recorded": gw.audit.count(),
-            "allowed": gw.stats.allowed.load(Ordering::Relaxed),
-            "denied": gw.stats.denied.load(Ordering::Relaxed),
-            "active": gw.stats.active.load(Ordering::Relaxed),
+        .map(|c| (c.daemon_cgroup().map(Path::to_path_buf), c.lsm_active()))
+        .unwrap_or((None, false));
+    reply(&StatusReport {
+        pid: std::process::id(),
+        config: gw.config.file.clone(),
+        listen: vec![listen.to_string(), format!("[::1]:{}", listen.port())],
+        bpffs: gw.config.daemon.bpffs.clone(),
+        programs: capture::AGENT_PROGRAMS
+            .iter()
+            .map(|p| p.to_string())
+            .collect(),
+        daemon_program: capture::DAEMON_PROGRAM.to_owned(),
+        daemon_cgroup,
+        lsm_active,
+        agents,
+        sessions: SessionCounts {
+            recorded: gw.audit.count(),
+            allowed: gw.stats.allowed.load(Ordering::Relaxed),
+            denied: gw.stats.denied.load(Ordering::Relaxed),
+            active: gw.stats.active.load(Ordering::Relaxed),
         },
-    }))
+    })
 }
 
 fn join(gw: &Gateway, caller: Caller, agent: &str) -> Result<Response, Response> {
@@ -289,10 +347,10 @@ fn pin(gw: &Gateway, agent: &str, cgroup: &Path) -> Result<Response, Response> {
     };
     crate::pins::remember(&gw.config.daemon.state_dir, agent, cgroup)
         .map_err(|e| Response::err(format!("pinned, but not remembered across restarts: {e}")))?;
-    Ok(Response::ok(serde_json::json!({
-        "agent": agent,
-        "cgroup": attached.path,
-        "cgroup_id": attached.id,
-        "links": attached.links,
-    })))
+    Ok(reply(&Pinned {
+        agent: agent.to_owned(),
+        cgroup: attached.path,
+        cgroup_id: attached.id,
+        links: attached.links,
+    }))
 }
