@@ -5,9 +5,8 @@
 
 use std::{
     io::{Read, Write},
-    net::{Shutdown, TcpListener, TcpStream},
+    net::TcpListener,
     process::Command,
-    time::Instant,
 };
 
 use anyhow::{bail, Context, Result};
@@ -26,80 +25,20 @@ pub fn run(kind: &str) -> Result<()> {
     }
 }
 
-/// The benchmark client: `xtask bench-client echo ADDR N` or
-/// `xtask bench-client bulk ADDR BYTES`; prints one JSON line.
-pub fn client(args: &[String]) -> Result<()> {
-    let [mode, addr, n] = args else {
-        bail!("usage: bench-client echo|bulk ADDR N")
-    };
-    let n: u64 = n.parse()?;
-    match mode.as_str() {
-        "echo" => {
-            let mut lat = Vec::with_capacity(n as usize);
-            let msg = [7u8; 16];
-            let mut buf = [0u8; 16];
-            let start = Instant::now();
-            for _ in 0..n {
-                let t = Instant::now();
-                let mut s = TcpStream::connect(addr.as_str())?;
-                s.set_nodelay(true)?;
-                s.write_all(&msg)?;
-                s.read_exact(&mut buf)?;
-                drop(s);
-                lat.push(t.elapsed().as_nanos() as u64);
-            }
-            let secs = start.elapsed().as_secs_f64();
-            lat.sort_unstable();
-            let pct = |p: f64| {
-                lat.get(((lat.len() as f64 - 1.0) * p) as usize)
-                    .copied()
-                    .unwrap_or(0)
-            };
-            println!(
-                "{}",
-                serde_json::json!({"n": n, "secs": secs, "p50_ns": pct(0.50), "p99_ns": pct(0.99)})
-            );
-        }
-        "bulk" => {
-            let chunk = vec![0x5au8; 256 * 1024];
-            let start = Instant::now();
-            let mut s = TcpStream::connect(addr.as_str())?;
-            let mut left = n;
-            while left > 0 {
-                let k = left.min(chunk.len() as u64) as usize;
-                s.write_all(chunk.get(..k).unwrap_or_default())?;
-                left -= k as u64;
-            }
-            s.shutdown(Shutdown::Write)?;
-            let mut reply = String::new();
-            s.read_to_string(&mut reply)?;
-            let secs = start.elapsed().as_secs_f64();
-            if reply.trim() != n.to_string() {
-                bail!("server counted {reply:?} bytes, sent {n}");
-            }
-            println!("{}", serde_json::json!({"bytes": n, "secs": secs}));
-        }
-        other => bail!("unknown client mode {other}"),
-    }
-    Ok(())
-}
-
-/// Echo server (16-byte messages) and bulk sink (replies with the count),
-/// one thread per connection.
+/// Echo server (one 16-byte message per connection, answered inline, then
+/// closed: no thread per connection, so the baseline is not inflated) and a
+/// bulk sink (one thread per connection; replies with the byte count).
 fn servers() -> Result<(u16, u16)> {
     let echo = TcpListener::bind("127.0.0.1:0")?;
     let sink = TcpListener::bind("127.0.0.1:0")?;
     let ports = (echo.local_addr()?.port(), sink.local_addr()?.port());
     std::thread::spawn(move || {
         for mut s in echo.incoming().flatten() {
-            std::thread::spawn(move || {
-                let _ = s.set_nodelay(true);
-                let mut buf = [0u8; 16];
-                if s.read_exact(&mut buf).is_ok() {
-                    let _ = s.write_all(&buf);
-                }
-                let _ = s.read(&mut buf);
-            });
+            let _ = s.set_nodelay(true);
+            let mut buf = [0u8; 16];
+            if s.read_exact(&mut buf).is_ok() {
+                let _ = s.write_all(&buf);
+            }
         }
     });
     std::thread::spawn(move || {
@@ -143,8 +82,8 @@ fn connect() -> Result<()> {
         "the benchmark loads eBPF programs: run it as root"
     );
     println!("== building cordon (release)");
-    let bin = build(true, &["cordon"])?;
-    let me = std::env::current_exe()?;
+    let bin = build(true, &["cordon", "cordon-tests"])?;
+    let me = bin.join("cordon-bench-client");
     let (echo, sink) = servers()?;
     let config = format!(
         "[[agent]]\nname = \"bench\"\n\n[[resource]]\nname = \"echo\"\nprotocol = \"tcp\"\naddress = \"127.0.0.1:{echo}\"\n\n[[resource]]\nname = \"sink\"\nprotocol = \"tcp\"\naddress = \"127.0.0.1:{sink}\"\n\n[[grant]]\nagent = \"bench\"\nresource = \"echo\"\nexpires = \"{e}\"\n\n[[grant]]\nagent = \"bench\"\nresource = \"sink\"\nexpires = \"{e}\"\n",
@@ -157,7 +96,7 @@ fn connect() -> Result<()> {
         } else {
             Command::new(&me)
         };
-        c.arg("bench-client").args(args);
+        c.args(args);
         c
     };
     let echo_args = vec![

@@ -36,12 +36,6 @@ enum Task {
         /// Which benchmark to run.
         kind: String,
     },
-    /// The benchmark's client (run directly and inside an agent cgroup).
-    #[command(hide = true)]
-    BenchClient {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
 }
 
 fn main() -> ExitCode {
@@ -51,7 +45,6 @@ fn main() -> ExitCode {
         Task::Test => suite::run(),
         Task::Demo => setup::run().and_then(|()| demo::run()),
         Task::Bench { kind } => setup::run().and_then(|()| bench::run(&kind)),
-        Task::BenchClient { args } => bench::client(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

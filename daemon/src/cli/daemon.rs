@@ -134,6 +134,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         identity,
         audit: audit.clone(),
         stats: Stats::default(),
+        pipes: proxy::splice::PipePool::default(),
     });
     for listener in listeners {
         tokio::spawn(proxy::serve(gw.clone(), listener));

@@ -6,7 +6,7 @@
 //! Any stage that cannot decide refuses the connection with a TCP reset and
 //! records why.
 
-mod splice;
+pub mod splice;
 pub mod tcp;
 
 use std::{
@@ -48,6 +48,7 @@ pub struct Gateway {
     pub identity: Registry,
     pub audit: Arc<audit::Store>,
     pub stats: Stats,
+    pub pipes: splice::PipePool,
 }
 
 /// Binds the proxy on the configured IPv4 address and on `[::1]`, same port.

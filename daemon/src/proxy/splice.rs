@@ -39,6 +39,35 @@ impl Pipe {
     }
 }
 
+/// Reuses drained pipes across sessions: creating two pipes (and sizing
+/// them) per connection is several syscalls on the connect path.
+#[derive(Default)]
+pub struct PipePool {
+    idle: std::sync::Mutex<Vec<Pipe>>,
+}
+
+/// Pipes kept for reuse at most.
+const POOL_MAX: usize = 512;
+
+impl PipePool {
+    pub fn take(&self) -> io::Result<Pipe> {
+        let pooled = self.idle.lock().ok().and_then(|mut v| v.pop());
+        match pooled {
+            Some(p) => Ok(p),
+            None => Pipe::new(),
+        }
+    }
+
+    /// Only pipes known to be empty (their pump ended cleanly) come back.
+    pub fn give(&self, pipe: Pipe) {
+        if let Ok(mut v) = self.idle.lock() {
+            if v.len() < POOL_MAX {
+                v.push(pipe);
+            }
+        }
+    }
+}
+
 fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     // SAFETY: both fds are open for the duration of the call (borrowed from
     // live owners); null offsets mean "current position", as sockets and

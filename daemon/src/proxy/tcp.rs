@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use super::{
     reset,
-    splice::{self, Pipe, PumpError},
+    splice::{self, PumpError},
     SessionCtx,
 };
 use crate::audit::Session;
@@ -63,11 +63,12 @@ pub async fn serve(ctx: SessionCtx, agent: TcpStream) -> Session {
             return record;
         }
     };
+    // (The agent socket inherits TCP_NODELAY from the listener.)
     let _ = upstream.set_nodelay(true);
-    let _ = agent.set_nodelay(true);
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
-    let end = match (Pipe::new(), Pipe::new()) {
+    let pool = &gw.pipes;
+    let end = match (pool.take(), pool.take()) {
         (Ok(up_pipe), Ok(down_pipe)) => {
             let relay = async {
                 let (a, b) = tokio::join!(
@@ -83,10 +84,16 @@ pub async fn serve(ctx: SessionCtx, agent: TcpStream) -> Session {
                     (Ok(()), Ok(())) => End::Closed,
                 }
             };
-            tokio::select! {
+            let end = tokio::select! {
                 end = relay => end,
                 () = tokio::time::sleep_until(deadline) => End::GrantExpired,
+            };
+            // Both pumps ran to EOF, so both pipes are empty: reuse them.
+            if end == End::Closed {
+                pool.give(up_pipe);
+                pool.give(down_pipe);
             }
+            end
         }
         (Err(e), _) | (_, Err(e)) => End::Internal(format!("cannot create relay pipes: {e}")),
     };

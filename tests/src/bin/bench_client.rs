@@ -1,0 +1,76 @@
+//! The `cargo xtask bench connect` client, run both directly and inside an
+//! agent cgroup (built in release so its own cost stays small):
+//! `cordon-bench-client echo ADDR N` or `cordon-bench-client bulk ADDR BYTES`.
+//! Prints one JSON line.
+
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, TcpStream},
+    time::Instant,
+};
+
+use anyhow::{bail, Result};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [mode, addr, n] = args.as_slice() else {
+        bail!("usage: cordon-bench-client echo|bulk ADDR N")
+    };
+    let n: u64 = n.parse()?;
+    match mode.as_str() {
+        "echo" => echo(addr, n),
+        "bulk" => bulk(addr, n),
+        other => bail!("unknown mode {other}"),
+    }
+}
+
+/// n x (connect, send 16 bytes, read them back, close), timing each.
+fn echo(addr: &str, n: u64) -> Result<()> {
+    let mut lat = Vec::with_capacity(n as usize);
+    let msg = [7u8; 16];
+    let mut buf = [0u8; 16];
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        let mut s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        s.write_all(&msg)?;
+        s.read_exact(&mut buf)?;
+        drop(s);
+        lat.push(t.elapsed().as_nanos() as u64);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "{}",
+        serde_json::json!({"n": n, "secs": secs, "p50_ns": pct(0.50), "p99_ns": pct(0.99)})
+    );
+    Ok(())
+}
+
+/// Upload n bytes, then wait for the server's count.
+fn bulk(addr: &str, n: u64) -> Result<()> {
+    let chunk = vec![0x5au8; 256 * 1024];
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr)?;
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(chunk.len() as u64) as usize;
+        s.write_all(chunk.get(..k).unwrap_or_default())?;
+        left -= k as u64;
+    }
+    s.shutdown(Shutdown::Write)?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    let secs = start.elapsed().as_secs_f64();
+    if reply.trim() != n.to_string() {
+        bail!("server counted {reply:?} bytes, sent {n}");
+    }
+    println!("{}", serde_json::json!({"bytes": n, "secs": secs}));
+    Ok(())
+}
