@@ -4,6 +4,7 @@
 //! socket the proxy accepts. First stage of the data flow.
 
 pub mod cgroup;
+mod raw_bpf;
 pub mod seccomp;
 
 use std::{
@@ -13,6 +14,8 @@ use std::{
     path::{Path, PathBuf},
     sync::Mutex,
 };
+
+use std::os::fd::AsFd as _;
 
 use aya::{
     maps::{Array, HashMap, MapData},
@@ -45,8 +48,12 @@ pub const AGENT_PROGRAMS: &[&str] = &[
     "restrict_socket_sendmsg",
 ];
 
-/// Attached to the daemon's own cgroup (not pinned: it serves the daemon).
+/// Attached to the daemon's own cgroup: answers SO_ORIGINAL_DST.
 pub const DAEMON_PROGRAM: &str = "original_dst_getsockopt";
+
+/// Link directory of the daemon's own cgroup (agent names cannot start
+/// with `_`, so it cannot collide with one).
+const DAEMON_LINKS: &str = "_daemon";
 
 const LSM_HOOKS: &[(&str, &str)] = &[
     ("restrict_socket_create", "socket_create"),
@@ -211,6 +218,8 @@ pub struct Capture {
     unix: HashMap<MapData, UnixPath, u32>,
     /// LSM programs the kernel would not load.
     lsm_refused: Vec<&'static str>,
+    /// Deny-all unix-socket hooks, used when the LSM programs are refused.
+    unix_deny: Vec<(&'static str, raw_bpf::DenyUnix)>,
     daemon_cgroup: Option<PathBuf>,
     _logger: Option<tokio::task::JoinHandle<()>>,
 }
@@ -368,6 +377,20 @@ impl Capture {
                 source,
             })?;
 
+        let mut unix_deny = Vec::new();
+        if !lsm_refused.is_empty() {
+            for (name, attach) in [
+                ("deny_unix_connect", raw_bpf::BPF_CGROUP_UNIX_CONNECT),
+                ("deny_unix_sendmsg", raw_bpf::BPF_CGROUP_UNIX_SENDMSG),
+            ] {
+                match raw_bpf::DenyUnix::load(attach) {
+                    Ok(p) => unix_deny.push((name, p)),
+                    Err(e) => {
+                        tracing::warn!(program = name, error = %e, "unix-socket hook unavailable (kernel < 6.7?)")
+                    }
+                }
+            }
+        }
         let peers = take_hash(&mut ebpf, MAP_PEERS)?;
         let agents = take_hash(&mut ebpf, MAP_AGENTS)?;
         let dns = take_hash(&mut ebpf, MAP_DNS)?;
@@ -380,6 +403,7 @@ impl Capture {
             dns,
             unix,
             lsm_refused,
+            unix_deny,
             daemon_cgroup: None,
             _logger: logger,
         })
@@ -414,14 +438,27 @@ impl Capture {
             fresh.push((name, link));
         }
 
+        let mut raw = Vec::new();
+        for (name, prog) in &self.unix_deny {
+            let link = prog.attach(&cg).map_err(|source| CaptureError::Io {
+                path: cgroup_dir.join(name),
+                source,
+            })?;
+            raw.push((*name, link));
+        }
+
         let dir = self.layout.agent_links(agent);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         remove_pins(&dir)?;
-        let links = fresh.len();
+        let links = fresh.len() + raw.len();
         for (name, link) in fresh {
             let path = dir.join(name);
             link.pin(&path)
                 .map_err(|source| CaptureError::Pin { path, source })?;
+        }
+        for (name, link) in raw {
+            let path = dir.join(name);
+            raw_bpf::pin(&link, &path).map_err(io_err(&path))?;
         }
         Ok(AttachedCgroup {
             path: cgroup_dir.to_owned(),
@@ -468,7 +505,10 @@ impl Capture {
         }
     }
 
-    /// Attaches the SO_ORIGINAL_DST answerer to the daemon's own cgroup.
+    /// Attaches the SO_ORIGINAL_DST answerer to the daemon's own cgroup and
+    /// pins it under `<bpffs>/links/_daemon/` (agent names cannot start
+    /// with `_`), so transparent-proxy code in that cgroup keeps working
+    /// across daemon restarts.
     pub fn attach_daemon_cgroup(&mut self, cgroup_dir: &Path) -> Result<(), CaptureError> {
         let cg = File::open(cgroup_dir).map_err(io_err(cgroup_dir))?;
         let prog = self
@@ -479,13 +519,29 @@ impl Capture {
             name: DAEMON_PROGRAM,
             source,
         })?;
-        p.attach(&cg, CgroupAttachMode::Single)
-            .map_err(|source| CaptureError::Program {
-                name: DAEMON_PROGRAM,
-                source,
-            })?;
+        let fd = p.fd().map_err(|source| CaptureError::Program {
+            name: DAEMON_PROGRAM,
+            source,
+        })?;
+        let link = raw_bpf::link_cgroup(fd.as_fd(), &cg, raw_bpf::BPF_CGROUP_GETSOCKOPT)
+            .map_err(io_err(cgroup_dir))?;
+        let dir = self.layout.links().join(DAEMON_LINKS);
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        remove_pins(&dir)?;
+        let path = dir.join(DAEMON_PROGRAM);
+        raw_bpf::pin(&link, &path).map_err(io_err(&path))?;
         self.daemon_cgroup = Some(cgroup_dir.to_owned());
         Ok(())
+    }
+
+    /// The programs attached to every agent cgroup on this kernel.
+    pub fn active_programs(&self) -> Vec<String> {
+        AGENT_PROGRAMS
+            .iter()
+            .filter(|p| !self.lsm_refused.contains(p))
+            .map(|p| (*p).to_owned())
+            .chain(self.unix_deny.iter().map(|(n, _)| (*n).to_owned()))
+            .collect()
     }
 
     /// Whether the BPF LSM programs (unix-socket allow list, socket family
@@ -505,7 +561,7 @@ impl Capture {
         let entries = std::fs::read_dir(&links).map_err(io_err(&links))?;
         for entry in entries.filter_map(Result::ok) {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if keep.contains(&name.as_str()) {
+            if keep.contains(&name.as_str()) || name == DAEMON_LINKS {
                 continue;
             }
             remove_pins(&entry.path())?;

@@ -98,7 +98,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let runtime_pins = pins::load(&state_dir);
     for (index, agent) in config.agents.iter().enumerate() {
         let name = agent.name.as_str();
-        let path = match (runtime_pins.get(name), &agent.cgroup) {
+        // A remembered `cordon pin` whose cgroup has since gone (its unit
+        // stopped) falls back to the configured cgroup.
+        let pinned = runtime_pins.get(name).filter(|p| {
+            let alive = p.join("cgroup.procs").exists();
+            if !alive {
+                warn!(agent = name, cgroup = %p.display(), "pinned cgroup is gone; using the configured one");
+            }
+            alive
+        });
+        let path = match (pinned, &agent.cgroup) {
             (Some(p), _) | (None, Some(p)) => {
                 cgroup::check_inside(&mount, p).with_context(|| format!("agent `{name}`"))?;
                 p.clone()

@@ -129,8 +129,9 @@ pub struct Daemon {
     pub upstream_connect_timeout: std::time::Duration,
 }
 
-/// An agent name: also a cgroup directory name, so restricted to
-/// `[A-Za-z0-9._-]`, not starting with a dot.
+/// An agent name: also a cgroup directory and a bpffs directory name (bpffs
+/// refuses dots), so restricted to `[A-Za-z0-9_-]`, not starting with `_`
+/// (reserved for the daemon's own pins).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AgentName(String);
 
@@ -138,15 +139,15 @@ impl AgentName {
     pub fn parse(name: &str) -> Result<Self, String> {
         let ok = !name.is_empty()
             && name.len() <= 64
-            && !name.starts_with('.')
+            && !name.starts_with('_')
             && name
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
         if ok {
             Ok(Self(name.to_owned()))
         } else {
             Err(format!(
-                "`{name}` is not a valid name: use 1-64 of [A-Za-z0-9._-], not starting with '.'"
+                "`{name}` is not a valid name: use 1-64 of [A-Za-z0-9_-], not starting with '_'"
             ))
         }
     }

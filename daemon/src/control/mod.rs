@@ -251,20 +251,23 @@ fn status(gw: &Gateway) -> Response {
         })
         .collect();
     let listen = gw.config.daemon.listen;
-    let (daemon_cgroup, lsm_active) = gw
+    let (daemon_cgroup, lsm_active, programs) = gw
         .capture
         .read()
-        .map(|c| (c.daemon_cgroup().map(Path::to_path_buf), c.lsm_active()))
-        .unwrap_or((None, false));
+        .map(|c| {
+            (
+                c.daemon_cgroup().map(Path::to_path_buf),
+                c.lsm_active(),
+                c.active_programs(),
+            )
+        })
+        .unwrap_or_default();
     reply(&StatusReport {
         pid: std::process::id(),
         config: gw.config.file.clone(),
         listen: vec![listen.to_string(), format!("[::1]:{}", listen.port())],
         bpffs: gw.config.daemon.bpffs.clone(),
-        programs: capture::AGENT_PROGRAMS
-            .iter()
-            .map(|p| p.to_string())
-            .collect(),
+        programs,
         daemon_program: capture::DAEMON_PROGRAM.to_owned(),
         daemon_cgroup,
         lsm_active,

@@ -1,0 +1,254 @@
+//! `cordon pin` of an existing cgroup (processes put there by someone else,
+//! e.g. systemd, so no `cordon run` and no seccomp filter), and
+//! SO_ORIGINAL_DST for transparent-proxy code in the daemon's cgroup.
+//!
+//! Run as root (CI does); without root they skip, except in CI where they fail.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{Ipv4Addr, TcpListener},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use cordon_tests::serde_json::Value;
+use cordon_tests::{
+    cgroup2_mount, free_port, parse_probe, pretty, probe_bin, require_root, run_with_limit, str_of,
+    unique_name, Background, Checks, Daemon, EchoServer, Setup, UnixServer, NOBODY,
+    PROBE_TIME_LIMIT,
+};
+
+const EPERM: u64 = 1;
+
+/// A cgroup made by the test (as systemd would make a unit's), removed at
+/// the end.
+struct ForeignCgroup(PathBuf);
+
+impl ForeignCgroup {
+    fn new() -> Self {
+        let path = cgroup2_mount().join(format!("cordon-test-foreign-{}", unique_name()));
+        fs::create_dir(&path).expect("create foreign cgroup");
+        Self(path)
+    }
+}
+
+impl Drop for ForeignCgroup {
+    fn drop(&mut self) {
+        // The probes have exited; retry briefly while the kernel reaps them.
+        for _ in 0..50 {
+            if fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("warning: could not remove {}", self.0.display());
+    }
+}
+
+/// Runs the probe in `cgroup` by writing the shell's pid to cgroup.procs
+/// (no `cordon run`), then dropping to uid/gid 65534 before exec.
+fn probe_in(cgroup: &Path, args: &[&str]) -> Value {
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    let script = format!(
+        "echo $$ > '{}/cgroup.procs' && exec setpriv --reuid {NOBODY} --regid {NOBODY} --clear-groups '{}' {}",
+        cgroup.display(),
+        probe_bin().display(),
+        quoted.join(" ")
+    );
+    let out = run_with_limit(
+        std::process::Command::new("sh").args(["-c", &script]),
+        PROBE_TIME_LIMIT,
+    );
+    parse_probe(&out, &format!("probe in {}", cgroup.display()))
+}
+
+#[test]
+fn pinned_foreign_cgroup_is_captured_and_denied_unix_in_the_kernel() {
+    require_root!();
+    let echo = EchoServer::v4();
+    let unix = UnixServer::new();
+    let mut d = Daemon::start(Setup::bot_with_echo(&echo.address()));
+    let cg = ForeignCgroup::new();
+    let cg_str = cg.0.display().to_string();
+
+    let out = d.cordon_output(&["pin", "--agent", "bot", "--cgroup", &cg_str]);
+    let mut c = Checks::new();
+    c.check(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("pinned agent bot"),
+        format!(
+            "cordon pin failed: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    );
+
+    let addr = echo.address();
+    let tcp = probe_in(&cg.0, &["tcp", &addr, "--send", "pinned", "--read", "6"]);
+    c.check(
+        str_of(&tcp, "received") == "pinned",
+        format!("the pinned cgroup's connection did not go through: {tcp}"),
+    );
+    let pid = tcp["pid"].as_u64();
+    let session = d.wait_session("for the pinned cgroup's connection", |s| {
+        s["pid"].as_u64() == pid
+    });
+    c.eq("session agent", str_of(&session, "agent"), "bot");
+    c.eq("session verdict", str_of(&session, "verdict"), "allow");
+    c.eq(
+        "session uid",
+        session["uid"].as_u64(),
+        Some(u64::from(NOBODY)),
+    );
+    c.eq(
+        "session cgroup",
+        str_of(&session, "cgroup"),
+        cg_str.as_str(),
+    );
+
+    // No seccomp filter here: the socket is created, the kernel hook
+    // (BPF LSM, or the unix connect hook) refuses the connect.
+    let path = unix.path.display().to_string();
+    let u = probe_in(&cg.0, &["unix", &path]);
+    c.check(
+        u["ok"] == Value::Bool(false) && u["errno"].as_u64() == Some(EPERM),
+        format!("unix connect from the pinned cgroup should fail with EPERM: {u}"),
+    );
+    let dg = probe_in(&cg.0, &["unix", &path, "--dgram"]);
+    c.check(
+        dg["ok"] == Value::Bool(false) && dg["errno"].as_u64() == Some(EPERM),
+        format!("unix datagram from the pinned cgroup should fail with EPERM: {dg}"),
+    );
+    c.eq("unix listener connections", unix.take_pending(), 0);
+
+    // The pin is remembered across a restart.
+    d.restart();
+    let status = d.status();
+    let pinned_to = status["agents"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["name"] == "bot"))
+        .map(|x| str_of(x, "cgroup").to_owned());
+    c.eq(
+        "bot's cgroup after restart",
+        pinned_to.as_deref(),
+        Some(cg_str.as_str()),
+    );
+    let again = probe_in(&cg.0, &["tcp", &addr, "--send", "again", "--read", "5"]);
+    c.check(
+        str_of(&again, "received") == "again",
+        format!("after restart the pinned cgroup's connection failed: {again}"),
+    );
+    c.finish(|| format!("\nstatus: {}\n{}", pretty(&status), d.context()));
+}
+
+#[test]
+fn pin_refuses_unknown_agents_and_paths_outside_cgroup2() {
+    require_root!();
+    let echo = EchoServer::v4();
+    let d = Daemon::start(Setup::bot_with_echo(&echo.address()));
+    let cg = ForeignCgroup::new();
+    let mut c = Checks::new();
+    let unknown = d.cordon_output(&[
+        "pin",
+        "--agent",
+        "ghost",
+        "--cgroup",
+        &cg.0.display().to_string(),
+    ]);
+    c.check(
+        !unknown.status.success()
+            && String::from_utf8_lossy(&unknown.stderr).contains("unknown agent `ghost`"),
+        format!(
+            "pin of an unknown agent: {}",
+            String::from_utf8_lossy(&unknown.stderr)
+        ),
+    );
+    let outside = d.cordon_output(&["pin", "--agent", "bot", "--cgroup", "/tmp"]);
+    c.check(
+        !outside.status.success()
+            && String::from_utf8_lossy(&outside.stderr).contains("not inside the cgroup2 mount"),
+        format!(
+            "pin of a non-cgroup path: {}",
+            String::from_utf8_lossy(&outside.stderr)
+        ),
+    );
+    c.finish(|| d.context());
+}
+
+/// getsockopt(SOL_IP, SO_ORIGINAL_DST) on an accepted socket.
+fn original_dst(stream: &std::net::TcpStream) -> Result<(Ipv4Addr, u16), i32> {
+    const SO_ORIGINAL_DST: libc::c_int = 80;
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: addr/len describe a writable sockaddr_in for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_IP,
+            SO_ORIGINAL_DST,
+            std::ptr::from_mut(&mut addr).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1));
+    }
+    Ok((
+        Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+        u16::from_be(addr.sin_port),
+    ))
+}
+
+#[test]
+fn so_original_dst_answers_transparent_proxy_code_in_the_daemon_cgroup() {
+    require_root!();
+    let echo = EchoServer::v4();
+    let mut d = Daemon::start(Setup::bot_with_echo(&echo.address()));
+    // A destination nobody listens on: only the redirect can answer it.
+    let dest_port = free_port();
+    let dest = format!("127.0.0.1:{dest_port}");
+    let trigger = d.setup.dir.path().join("trigger");
+    let script = format!(
+        "while [ ! -e '{}' ]; do sleep 0.05; done; exec '{}' tcp {dest} --send hi --read 2",
+        trigger.display(),
+        probe_bin().display()
+    );
+    let waiting = Background::spawn(
+        &mut d.cordon(&["run", "--agent", "bot", "--", "sh", "-c", &script]),
+        "agent waiting for the trigger",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // Free the proxy port; the pinned programs keep redirecting to it, and
+    // the getsockopt program stays attached to this (the daemon's) cgroup.
+    d.kill9();
+    let listener = TcpListener::bind(d.setup.proxy_addr()).expect("bind the proxy port");
+    listener.set_nonblocking(true).expect("nonblocking");
+    fs::write(&trigger, b"go").expect("trigger");
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut accepted = None;
+    while Instant::now() < deadline {
+        if let Ok((s, _)) = listener.accept() {
+            accepted = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = Checks::new();
+    match accepted {
+        None => c.check(false, "the agent's redirected connection never arrived"),
+        Some(mut s) => {
+            s.set_nonblocking(false).expect("blocking");
+            let got = original_dst(&s);
+            c.eq("SO_ORIGINAL_DST", got, Ok((Ipv4Addr::LOCALHOST, dest_port)));
+            let mut hi = [0u8; 2];
+            let _ = s.read_exact(&mut hi);
+            let _ = s.write_all(b"ok");
+        }
+    }
+    let out = waiting.finish(Duration::from_secs(15));
+    let p = parse_probe(&out, "agent dialing through the stand-in proxy");
+    c.eq("agent received", str_of(&p, "received"), "ok");
+    c.finish(|| d.context());
+}
