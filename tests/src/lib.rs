@@ -403,6 +403,7 @@ pub struct Setup {
     pub resources: Vec<(String, String)>,
     pub grants: Vec<(String, String, String)>,
     pub dns_resolvers: Vec<String>,
+    pub unix_allow: Vec<String>,
     /// Appended verbatim (for tests of bad configs).
     pub extra: String,
 }
@@ -426,6 +427,7 @@ impl Setup {
             resources: Vec::new(),
             grants: Vec::new(),
             dns_resolvers: Vec::new(),
+            unix_allow: Vec::new(),
             extra: String::new(),
         }
     }
@@ -443,6 +445,11 @@ impl Setup {
     pub fn grant(mut self, agent: &str, resource: &str, expires: &str) -> Setup {
         self.grants
             .push((agent.to_owned(), resource.to_owned(), expires.to_owned()));
+        self
+    }
+
+    pub fn unix_allow(mut self, name: &str) -> Setup {
+        self.unix_allow.push(name.to_owned());
         self
     }
 
@@ -483,6 +490,8 @@ impl Setup {
         let _ = writeln!(s, "bpffs = {}", q(&self.bpffs));
         let resolvers: Vec<String> = self.dns_resolvers.iter().map(|r| toml_string(r)).collect();
         let _ = writeln!(s, "dns_resolvers = [{}]", resolvers.join(", "));
+        let unix: Vec<String> = self.unix_allow.iter().map(|r| toml_string(r)).collect();
+        let _ = writeln!(s, "unix_allow = [{}]", unix.join(", "));
         let _ = writeln!(s, "upstream_connect_timeout_secs = 5");
         for agent in &self.agents {
             let _ = writeln!(s, "\n[[agent]]\nname = {}", toml_string(agent));

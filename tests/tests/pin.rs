@@ -252,3 +252,46 @@ fn so_original_dst_answers_transparent_proxy_code_in_the_daemon_cgroup() {
     c.eq("agent received", str_of(&p, "received"), "ok");
     c.finish(|| d.context());
 }
+
+#[test]
+fn unix_allow_list_is_enforced_in_the_kernel() {
+    require_root!();
+    let echo = EchoServer::v4();
+    let allowed = UnixServer::new();
+    let other = UnixServer::new();
+    let d = Daemon::start(Setup::bot_with_echo(&echo.address()).unix_allow(&allowed.path_str()));
+    let mut c = Checks::new();
+    // Through `cordon run` (seccomp lets unix sockets be created because
+    // the kernel enforces the list) and from a pinned cgroup (no seccomp).
+    let ok = d.probe(
+        "bot",
+        cordon_tests::As::Nobody,
+        &["unix", &allowed.path_str()],
+    );
+    c.check(
+        ok["ok"] == Value::Bool(true),
+        format!("connect to the allowed unix socket failed: {ok}"),
+    );
+    let denied = d.probe(
+        "bot",
+        cordon_tests::As::Nobody,
+        &["unix", &other.path_str()],
+    );
+    c.check(
+        denied["errno"].as_u64() == Some(EPERM) && denied["stage"] == "connect",
+        format!("connect to an unlisted unix socket should fail at connect with EPERM: {denied}"),
+    );
+    let dgram = d.probe(
+        "bot",
+        cordon_tests::As::Nobody,
+        &["unix", &other.path_str(), "--dgram"],
+    );
+    c.check(
+        dgram["errno"].as_u64() == Some(EPERM),
+        format!("datagram to an unlisted unix socket should fail with EPERM: {dgram}"),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    c.eq("allowed listener connections", allowed.take_pending(), 1);
+    c.eq("unlisted listener connections", other.take_pending(), 0);
+    c.finish(|| d.context());
+}

@@ -218,8 +218,8 @@ pub struct Capture {
     unix: HashMap<MapData, UnixPath, u32>,
     /// LSM programs the kernel would not load.
     lsm_refused: Vec<&'static str>,
-    /// Deny-all unix-socket hooks, used when the LSM programs are refused.
-    unix_deny: Vec<(&'static str, raw_bpf::DenyUnix)>,
+    /// Unix-socket allow-list hooks (kernel >= 6.7).
+    unix_guards: Vec<(&'static str, raw_bpf::UnixGuard)>,
     daemon_cgroup: Option<PathBuf>,
     _logger: Option<tokio::task::JoinHandle<()>>,
 }
@@ -377,24 +377,25 @@ impl Capture {
                 source,
             })?;
 
-        let mut unix_deny = Vec::new();
-        if !lsm_refused.is_empty() {
+        let peers = take_hash(&mut ebpf, MAP_PEERS)?;
+        let agents = take_hash(&mut ebpf, MAP_AGENTS)?;
+        let dns = take_hash(&mut ebpf, MAP_DNS)?;
+        let unix: HashMap<MapData, UnixPath, u32> = take_hash(&mut ebpf, MAP_UNIX)?;
+        let mut unix_guards = Vec::new();
+        {
+            let unix_fd = unix_map_fd(&layout)?;
             for (name, attach) in [
-                ("deny_unix_connect", raw_bpf::BPF_CGROUP_UNIX_CONNECT),
-                ("deny_unix_sendmsg", raw_bpf::BPF_CGROUP_UNIX_SENDMSG),
+                ("guard_unix_connect", raw_bpf::BPF_CGROUP_UNIX_CONNECT),
+                ("guard_unix_sendmsg", raw_bpf::BPF_CGROUP_UNIX_SENDMSG),
             ] {
-                match raw_bpf::DenyUnix::load(attach) {
-                    Ok(p) => unix_deny.push((name, p)),
+                match raw_bpf::UnixGuard::load(attach, unix_fd.as_fd()) {
+                    Ok(p) => unix_guards.push((name, p)),
                     Err(e) => {
                         tracing::warn!(program = name, error = %e, "unix-socket hook unavailable (kernel < 6.7?)")
                     }
                 }
             }
         }
-        let peers = take_hash(&mut ebpf, MAP_PEERS)?;
-        let agents = take_hash(&mut ebpf, MAP_AGENTS)?;
-        let dns = take_hash(&mut ebpf, MAP_DNS)?;
-        let unix = take_hash(&mut ebpf, MAP_UNIX)?;
         Ok(Self {
             ebpf,
             layout,
@@ -403,7 +404,7 @@ impl Capture {
             dns,
             unix,
             lsm_refused,
-            unix_deny,
+            unix_guards,
             daemon_cgroup: None,
             _logger: logger,
         })
@@ -439,7 +440,7 @@ impl Capture {
         }
 
         let mut raw = Vec::new();
-        for (name, prog) in &self.unix_deny {
+        for (name, prog) in &self.unix_guards {
             let link = prog.attach(&cg).map_err(|source| CaptureError::Io {
                 path: cgroup_dir.join(name),
                 source,
@@ -540,14 +541,20 @@ impl Capture {
             .iter()
             .filter(|p| !self.lsm_refused.contains(p))
             .map(|p| (*p).to_owned())
-            .chain(self.unix_deny.iter().map(|(n, _)| (*n).to_owned()))
+            .chain(self.unix_guards.iter().map(|(n, _)| (*n).to_owned()))
             .collect()
     }
 
-    /// Whether the BPF LSM programs (unix-socket allow list, socket family
-    /// restrictions for pinned cgroups) are in force.
+    /// Whether the BPF LSM programs (socket family restrictions for pinned
+    /// cgroups, unix allow list) are in force.
     pub fn lsm_active(&self) -> bool {
         self.lsm_refused.is_empty()
+    }
+
+    /// Whether the kernel enforces the unix-socket allow list (BPF LSM or
+    /// the unix hooks).
+    pub fn unix_enforced(&self) -> bool {
+        self.lsm_active() || self.unix_guards.len() == 2
     }
 
     pub fn daemon_cgroup(&self) -> Option<&Path> {
@@ -633,6 +640,20 @@ impl Capture {
             }),
         }
     }
+}
+
+/// An fd for the pinned unix allow-list map (the hand-assembled unix hooks
+/// reference it directly).
+fn unix_map_fd(layout: &PinLayout) -> Result<std::os::fd::OwnedFd, CaptureError> {
+    let path = layout.maps().join(MAP_UNIX);
+    let data = MapData::from_pin(&path).map_err(|source| CaptureError::Map {
+        name: MAP_UNIX,
+        source,
+    })?;
+    data.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(io_err(&path))
 }
 
 /// Unpins (and so detaches, once nothing else holds them) every link pinned

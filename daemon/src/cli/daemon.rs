@@ -87,9 +87,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .map(|n| n.sun_path())
         .collect();
     capture.set_unix_allow(&unix)?;
-    if !unix.is_empty() && !capture.lsm_active() {
+    if !unix.is_empty() && !capture.unix_enforced() {
         anyhow::bail!(
-            "{}: key `daemon.unix_allow`: this kernel refuses BPF LSM programs, so a unix-socket allow list cannot be enforced; remove the key (agents started with `cordon run` then get no unix sockets at all)",
+            "{}: key `daemon.unix_allow`: this kernel has neither BPF LSM nor cgroup unix-socket hooks (>= 6.7), so a unix-socket allow list cannot be enforced; remove the key (agents started with `cordon run` then get no unix sockets at all)",
             config.file.display()
         );
     }

@@ -311,7 +311,14 @@ fn join(gw: &Gateway, caller: Caller, agent: &str) -> Result<Response, Response>
     }
     capture::cgroup::add_process(&cgroup, pid).map_err(|e| Response::err(e.to_string()))?;
     tracing::info!(agent, pid, uid = caller.uid, "process joined agent cgroup");
-    let unix_sockets = gw.capture.read().map(|c| c.lsm_active()).unwrap_or(false);
+    // Unix sockets are created only where the kernel enforces a non-empty
+    // allow list; otherwise the seccomp filter refuses them outright.
+    let unix_sockets = !gw.config.daemon.unix_allow.is_empty()
+        && gw
+            .capture
+            .read()
+            .map(|c| c.unix_enforced())
+            .unwrap_or(false);
     Ok(Response::ok(
         serde_json::json!({ "cgroup": cgroup, "unix_sockets": unix_sockets }),
     ))
