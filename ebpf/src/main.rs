@@ -51,6 +51,9 @@ const SOL_IPV6: i32 = 41;
 const SO_ORIGINAL_DST: i32 = 80;
 
 const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
+const BPF_SOCK_OPS_STATE_CB: u32 = 10;
+const BPF_SOCK_OPS_STATE_CB_FLAG: i32 = 1 << 2;
+const TCP_CLOSE: u32 = 7;
 
 #[map(name = "CDN_SOCKETS")]
 static SOCKETS: LruHashMap<u64, Attestation> = LruHashMap::pinned(SOCKET_MAP_ENTRIES, 0);
@@ -299,21 +302,29 @@ pub fn restore_getpeername6(ctx: SockAddrContext) -> i32 {
 }
 
 /// Republishes the connect-time record under the socket's local address once
-/// the kernel has chosen it. Fails closed by omission: without a record the
-/// proxy refuses the connection.
+/// the kernel has chosen it, and withdraws both records when the agent's
+/// socket closes: a record must never outlive the socket whose 4-tuple makes
+/// it unforgeable (otherwise a later local process could bind the same
+/// source port, dial the proxy, and be taken for the agent). Fails closed by
+/// omission: without a record the proxy refuses the connection.
 #[sock_ops]
 pub fn attest_sock_ops(ctx: SockOpsContext) -> u32 {
-    if ctx.op() == BPF_SOCK_OPS_TCP_CONNECT_CB {
-        let _ = publish_peer(&ctx);
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => {
+            if publish_peer(&ctx).is_ok() {
+                // Ask for state changes, to withdraw the record at close.
+                let flags = ctx.cb_flags() as i32 | BPF_SOCK_OPS_STATE_CB_FLAG;
+                let _ = ctx.set_cb_flags(flags);
+            }
+        }
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => withdraw(&ctx),
+        _ => {}
     }
     1
 }
 
-fn publish_peer(ctx: &SockOpsContext) -> Result<(), i64> {
-    // SAFETY: the context pointer is the kernel's bpf_sock_ops.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: pointer returned by a successful map lookup, copied at once.
-    let att = unsafe { *SOCKETS.get_ptr(cookie).ok_or(0i64)? };
+/// The agent socket's local address, as the proxy's accept() reports it.
+fn local_key(ctx: &SockOpsContext) -> PeerKey {
     let ops = ctx.ops;
     let ip = if ctx.family() == u32::from(AF_INET) {
         v4_mapped(ctx.local_ip4())
@@ -328,11 +339,25 @@ fn publish_peer(ctx: &SockOpsContext) -> Result<(), i64> {
             read_ip6(unsafe { addr_of!((*ops).local_ip6) })
         }
     };
-    let key = PeerKey {
+    PeerKey {
         ip,
         port: ctx.local_port(),
-    };
-    PEERS.insert(key, att, 0).map_err(i64::from)
+    }
+}
+
+fn publish_peer(ctx: &SockOpsContext) -> Result<(), i64> {
+    // SAFETY: the context pointer is the kernel's bpf_sock_ops.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: pointer returned by a successful map lookup, copied at once.
+    let att = unsafe { *SOCKETS.get_ptr(cookie).ok_or(0i64)? };
+    PEERS.insert(local_key(ctx), att, 0).map_err(i64::from)
+}
+
+fn withdraw(ctx: &SockOpsContext) {
+    // SAFETY: the context pointer is the kernel's bpf_sock_ops.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let _ = PEERS.remove(local_key(ctx));
+    let _ = SOCKETS.remove(cookie);
 }
 
 /// SO_ORIGINAL_DST for standard transparent-proxy code running in the

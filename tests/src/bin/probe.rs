@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 const USAGE: &str = "\
 usage: cordon-probe COMMAND [ARGS]
-  tcp ADDR [--send TEXT] [--read N] [--timeout-ms MS] [--shutdown]
+  tcp ADDR [--send TEXT] [--read N] [--timeout-ms MS] [--shutdown] [--bind IPV4:PORT]
   udp ADDR [--connect] [--send TEXT] [--read-ms MS]
   tfo ADDR [--timeout-ms MS]
   raw
@@ -73,10 +73,16 @@ fn dispatch(args: &[String]) -> ArgResult<Outcome> {
     };
     let value = match command.as_str() {
         "tcp" => {
-            let a = Args::parse(rest, &["--send", "--read", "--timeout-ms"], &["--shutdown"])?;
+            let a = Args::parse(
+                rest,
+                &["--send", "--read", "--timeout-ms", "--bind"],
+                &["--shutdown"],
+            )?;
             let [addr] = a.positional::<1>()?;
+            let bind = a.value("--bind").map(parse_addr).transpose()?;
             tcp(
                 parse_addr(&addr)?,
+                bind,
                 a.value("--send"),
                 a.number("--read", 0)?,
                 Duration::from_millis(a.number("--timeout-ms", DEFAULT_TIMEOUT_MS)?),
@@ -420,15 +426,63 @@ fn failed(op: &str, stage: &str, e: &io::Error) -> Value {
 // ---------------------------------------------------------------------------
 // operations
 
+/// A blocking IPv4 TCP connect from a chosen local address.
+fn connect_from(local: SocketAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let (SocketAddr::V4(l), SocketAddr::V4(r)) = (local, addr) else {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    };
+    let sin = |a: std::net::SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on an fd we own; the sockaddrs live across
+    // each call; the fd is handed to TcpStream only on success.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            std::ptr::from_ref(&one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let la = sin(l);
+        if libc::bind(fd, std::ptr::from_ref(&la).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ra = sin(r);
+        if libc::connect(fd, std::ptr::from_ref(&ra).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
 fn tcp(
     addr: SocketAddr,
+    bind: Option<SocketAddr>,
     send: Option<&str>,
     read: usize,
     timeout: Duration,
     shutdown: bool,
 ) -> Value {
     let timeout = timeout.max(Duration::from_millis(1));
-    let mut stream = match TcpStream::connect_timeout(&addr, timeout) {
+    let connected = match bind {
+        Some(local) => connect_from(local, addr),
+        None => TcpStream::connect_timeout(&addr, timeout),
+    };
+    let mut stream = match connected {
         Ok(s) => s,
         Err(e) => {
             return json!({
