@@ -289,6 +289,25 @@ impl Store {
         })
     }
 
+    /// Starts a writer thread for records nobody waits on (session ends), so
+    /// the proxy thread does not pay for them. Dropping the handle drains the
+    /// queue and stops the thread.
+    pub fn deferred(self: &std::sync::Arc<Self>) -> Deferred {
+        let (tx, rx) = std::sync::mpsc::channel::<Session>();
+        let store = self.clone();
+        let thread = std::thread::spawn(move || {
+            for session in rx {
+                if let Err(e) = store.record(&session) {
+                    tracing::warn!(session = %session.id, error = %e, "could not record the end of a session");
+                }
+            }
+        });
+        Deferred {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
     pub fn get(&self, id: SessionId) -> Result<Option<Session>, AuditError> {
         Ok(self
             .sessions
@@ -318,6 +337,33 @@ impl Store {
 
     pub fn count(&self) -> usize {
         self.sessions.len()
+    }
+}
+
+/// Handle to the deferred writer (see [`Store::deferred`]).
+pub struct Deferred {
+    tx: Option<std::sync::mpsc::Sender<Session>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Deferred {
+    pub fn record(&self, session: Session) {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(session).is_ok(),
+            None => false,
+        };
+        if !sent {
+            tracing::warn!("audit writer stopped; a session end was not recorded");
+        }
+    }
+}
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

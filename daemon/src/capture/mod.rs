@@ -12,7 +12,6 @@ use std::{
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
-    sync::Mutex,
 };
 
 use std::os::fd::AsFd as _;
@@ -105,8 +104,6 @@ pub enum CaptureError {
     },
     #[error(transparent)]
     Cgroup(#[from] cgroup::CgroupError),
-    #[error("capture state lock poisoned")]
-    Poisoned,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CaptureError + '_ {
@@ -212,7 +209,10 @@ pub struct AttachedCgroup {
 pub struct Capture {
     ebpf: Ebpf,
     layout: PinLayout,
-    peers: Mutex<HashMap<MapData, PeerKey, Attestation>>,
+    /// Kept as a typed map so its key/value sizes were checked at load;
+    /// read through `peers_fd` with one lookup-and-delete per connection.
+    _peers: HashMap<MapData, PeerKey, Attestation>,
+    peers_fd: std::os::fd::OwnedFd,
     agents: HashMap<MapData, u64, AgentSlot>,
     dns: HashMap<MapData, PeerKey, u32>,
     unix: HashMap<MapData, UnixPath, u32>,
@@ -378,12 +378,13 @@ impl Capture {
             })?;
 
         let peers = take_hash(&mut ebpf, MAP_PEERS)?;
+        let peers_fd = pinned_map_fd(&layout, MAP_PEERS)?;
         let agents = take_hash(&mut ebpf, MAP_AGENTS)?;
         let dns = take_hash(&mut ebpf, MAP_DNS)?;
         let unix: HashMap<MapData, UnixPath, u32> = take_hash(&mut ebpf, MAP_UNIX)?;
         let mut unix_guards = Vec::new();
         {
-            let unix_fd = unix_map_fd(&layout)?;
+            let unix_fd = pinned_map_fd(&layout, MAP_UNIX)?;
             for (name, attach) in [
                 ("guard_unix_connect", raw_bpf::BPF_CGROUP_UNIX_CONNECT),
                 ("guard_unix_sendmsg", raw_bpf::BPF_CGROUP_UNIX_SENDMSG),
@@ -399,7 +400,8 @@ impl Capture {
         Ok(Self {
             ebpf,
             layout,
-            peers: Mutex::new(peers),
+            _peers: peers,
+            peers_fd,
             agents,
             dns,
             unix,
@@ -627,29 +629,22 @@ impl Capture {
     /// address accept() returned. Each record is handed out once.
     pub fn take(&self, peer: SocketAddr) -> Result<Option<Attested>, CaptureError> {
         let key = peer_key(peer);
-        let mut peers = self.peers.lock().map_err(|_| CaptureError::Poisoned)?;
-        match peers.get(&key, 0) {
-            Ok(att) => {
-                let _ = peers.remove(&key);
-                Ok(Some(Attested::from(&att)))
-            }
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(CaptureError::Map {
-                name: MAP_PEERS,
+        raw_bpf::lookup_and_delete::<PeerKey, Attestation>(self.peers_fd.as_fd(), &key)
+            .map(|found| found.as_ref().map(Attested::from))
+            .map_err(|source| CaptureError::Io {
+                path: PathBuf::from(MAP_PEERS),
                 source,
-            }),
-        }
+            })
     }
 }
 
-/// An fd for the pinned unix allow-list map (the hand-assembled unix hooks
-/// reference it directly).
-fn unix_map_fd(layout: &PinLayout) -> Result<std::os::fd::OwnedFd, CaptureError> {
-    let path = layout.maps().join(MAP_UNIX);
-    let data = MapData::from_pin(&path).map_err(|source| CaptureError::Map {
-        name: MAP_UNIX,
-        source,
-    })?;
+/// An fd for one of this daemon's pinned maps (for raw bpf(2) use).
+fn pinned_map_fd(
+    layout: &PinLayout,
+    name: &'static str,
+) -> Result<std::os::fd::OwnedFd, CaptureError> {
+    let path = layout.maps().join(name);
+    let data = MapData::from_pin(&path).map_err(|source| CaptureError::Map { name, source })?;
     data.fd()
         .as_fd()
         .try_clone_to_owned()

@@ -144,6 +144,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         audit: audit.clone(),
         stats: Stats::default(),
         pipes: proxy::splice::PipePool::default(),
+        deferred: audit.deferred(),
     });
     for listener in listeners {
         tokio::spawn(proxy::serve(gw.clone(), listener));

@@ -49,6 +49,8 @@ pub struct Gateway {
     pub audit: Arc<audit::Store>,
     pub stats: Stats,
     pub pipes: splice::PipePool,
+    /// Session-end records, written off the proxy thread.
+    pub deferred: audit::Deferred,
 }
 
 /// Binds the proxy on the configured IPv4 address and on `[::1]`, same port.
@@ -153,48 +155,46 @@ async fn handle(gw: Arc<Gateway>, stream: TcpStream, peer: SocketAddr) {
         };
         tracing::Span::current().record("dst", tracing::field::display(attested.orig_dst));
         let mut record = base_record(id, started, Some(&attested));
-        match admit(&gw, &attested, &mut record, started) {
-            Ok(admitted) => {
-                tracing::Span::current().record("agent", admitted.principal.agent.as_str());
-                record.verdict = Verdict::Allow;
-                record.reason = format!(
-                    "grant for `{}` on `{}` until {}",
-                    admitted.principal.agent,
-                    admitted.resource.name,
-                    crate::rfc3339(admitted.grant.expires)
-                );
-                // Durable before any byte reaches the upstream: fail closed.
-                if let Err(e) = gw.audit.record(&record) {
-                    return refuse(&gw, stream, record, format!("cannot record session: {e}"));
-                }
-                gw.stats.allowed.fetch_add(1, Ordering::Relaxed);
-                gw.stats.active.fetch_add(1, Ordering::Relaxed);
-                let remaining = (admitted.grant.expires - started).unsigned_abs();
-                let deadline = tokio::time::Instant::now() + remaining;
-                let ctx = SessionCtx {
-                    gw: gw.clone(),
-                    record,
-                    admitted,
-                    deadline,
-                };
-                let protocol = ctx.admitted.resource.protocol;
-                let mut record = match protocol {
-                    Protocol::Tcp => tcp::serve(ctx, stream).await,
-                };
-                record.ended_at = Some(crate::rfc3339(OffsetDateTime::now_utc()));
-                gw.stats.active.fetch_sub(1, Ordering::Relaxed);
-                tracing::debug!(
-                    up = record.bytes_up,
-                    down = record.bytes_down,
-                    end = record.end_reason.as_deref().unwrap_or(""),
-                    "session ended"
-                );
-                if let Err(e) = gw.audit.record(&record) {
-                    warn!(error = %e, "could not record the end of a session");
-                }
-            }
-            Err(refusal) => refuse(&gw, stream, record, refusal.reason),
+        let admitted = match admit(&gw, &attested, &mut record, started) {
+            Ok(a) => a,
+            Err(refusal) => return refuse(&gw, stream, record, refusal.reason),
+        };
+        record.verdict = Verdict::Allow;
+        record.reason = format!(
+            "grant for `{}` on `{}` until {}",
+            admitted.principal.agent,
+            admitted.resource.name,
+            crate::rfc3339(admitted.grant.expires)
+        );
+        // The upstream handshake runs while the session is recorded; no
+        // agent byte reaches the upstream before the record is durable.
+        let upstream = tcp::start_connect(admitted.resource.address);
+        record.exe = identity::exe_of(attested.tgid);
+        if let Err(e) = gw.audit.record(&record) {
+            return refuse(&gw, stream, record, format!("cannot record session: {e}"));
         }
+        gw.stats.allowed.fetch_add(1, Ordering::Relaxed);
+        gw.stats.active.fetch_add(1, Ordering::Relaxed);
+        let remaining = (admitted.grant.expires - started).unsigned_abs();
+        let deadline = tokio::time::Instant::now() + remaining;
+        let ctx = SessionCtx {
+            gw: gw.clone(),
+            record,
+            admitted,
+            deadline,
+        };
+        let mut record = match ctx.admitted.resource.protocol {
+            Protocol::Tcp => tcp::serve(ctx, stream, upstream).await,
+        };
+        record.ended_at = Some(crate::rfc3339(OffsetDateTime::now_utc()));
+        gw.stats.active.fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!(
+            up = record.bytes_up,
+            down = record.bytes_down,
+            end = record.end_reason.as_deref().unwrap_or(""),
+            "session ended"
+        );
+        gw.deferred.record(record);
     }
     .instrument(span)
     .await
@@ -238,7 +238,7 @@ fn base_record(id: SessionId, started: OffsetDateTime, attested: Option<&Atteste
         pid: attested.map_or(0, |a| a.tgid),
         uid: attested.map_or(0, |a| a.uid),
         gid: attested.map_or(0, |a| a.gid),
-        exe: attested.and_then(|a| identity::exe_of(a.tgid)),
+        exe: None,
         comm: attested.map(|a| a.comm.clone()).unwrap_or_default(),
         cgroup_id: attested.map_or(0, |a| a.cgroup_id),
         cgroup: None,
@@ -261,6 +261,9 @@ fn refuse(gw: &Gateway, stream: TcpStream, mut record: Session, reason: String) 
     info!(reason = %reason, pid = record.pid, uid = record.uid, "connection refused");
     record.verdict = Verdict::Deny;
     record.reason = reason;
+    if record.pid != 0 && record.exe.is_none() {
+        record.exe = identity::exe_of(record.pid);
+    }
     record.ended_at = Some(record.started_at.clone());
     record.end_reason = Some("refused by cordon".into());
     if let Err(e) = gw.audit.record(&record) {

@@ -6,6 +6,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::net::SocketAddr;
+
 use tokio::net::TcpStream;
 
 use super::{
@@ -37,7 +39,46 @@ impl End {
     }
 }
 
-pub async fn serve(ctx: SessionCtx, agent: TcpStream) -> Session {
+/// Starts a non-blocking connect to the upstream: the handshake proceeds in
+/// the kernel while the caller finishes its bookkeeping.
+pub fn start_connect(target: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(target),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_nonblocking(true)?;
+    socket.set_nodelay(true)?;
+    match socket.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    TcpStream::from_std(std::net::TcpStream::from(socket))
+}
+
+/// Waits for a started connect to complete (or fail, or time out).
+async fn finish_connect(
+    started: std::io::Result<TcpStream>,
+    timeout: std::time::Duration,
+) -> Result<TcpStream, String> {
+    let stream = started.map_err(|e| e.to_string())?;
+    match tokio::time::timeout(timeout, stream.writable()).await {
+        Err(_) => return Err(format!("timed out after {timeout:?}")),
+        Ok(Err(e)) => return Err(e.to_string()),
+        Ok(Ok(())) => {}
+    }
+    match stream.take_error() {
+        Ok(None) => Ok(stream),
+        Ok(Some(e)) | Err(e) => Err(e.to_string()),
+    }
+}
+
+pub async fn serve(
+    ctx: SessionCtx,
+    agent: TcpStream,
+    upstream: std::io::Result<TcpStream>,
+) -> Session {
     let SessionCtx {
         gw,
         mut record,
@@ -46,25 +87,17 @@ pub async fn serve(ctx: SessionCtx, agent: TcpStream) -> Session {
     } = ctx;
     let target = admitted.resource.address;
     let timeout = gw.config.daemon.upstream_connect_timeout;
-    let upstream = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+    let upstream = match finish_connect(upstream, timeout).await {
+        Ok(s) => s,
+        Err(e) => {
             record.end_reason =
                 Some(End::UpstreamError(format!("connect to {target}: {e}")).describe());
             reset(agent);
             return record;
         }
-        Err(_) => {
-            record.end_reason = Some(
-                End::UpstreamError(format!("connect to {target}: timed out after {timeout:?}"))
-                    .describe(),
-            );
-            reset(agent);
-            return record;
-        }
     };
-    // (The agent socket inherits TCP_NODELAY from the listener.)
-    let _ = upstream.set_nodelay(true);
+    // (TCP_NODELAY: the agent socket inherits it from the listener; the
+    // upstream one was set before connect.)
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
     let pool = &gw.pipes;
