@@ -72,9 +72,10 @@ pub struct Settings {
     pub proxy_ip4: u32,
     /// Proxy port, host byte order; 0 means "not configured: refuse".
     pub proxy_port: u32,
-    /// The daemon's tgid: its own connects are never redirected.
-    pub proxy_tgid: u32,
-    pub _pad: u32,
+    /// Cookie of the daemon's network namespace: agent sockets in any other
+    /// namespace are refused (a private namespace is where records could be
+    /// planted and where "loopback" is not the host's).
+    pub netns_cookie: u64,
 }
 
 /// Value of [`MAP_AGENTS`].

@@ -20,12 +20,17 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
         generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie,
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie,
+            bpf_get_socket_cookie,
         },
     },
-    macros::{cgroup_sock, cgroup_sock_addr, cgroup_sockopt, lsm_cgroup, map, sock_ops},
+    macros::{
+        cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, lsm_cgroup, map, sock_ops,
+    },
     maps::{Array, HashMap, LruHashMap},
-    programs::{LsmContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext},
+    programs::{
+        LsmContext, SkBuffContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext,
+    },
     EbpfContext,
 };
 use cordon_common::{
@@ -75,6 +80,14 @@ static UNIX: HashMap<UnixPath, u32> = HashMap::pinned(256, 0);
 
 fn settings() -> Option<Settings> {
     SETTINGS.get(0).copied()
+}
+
+/// Whether the socket lives in the daemon's network namespace. There is no
+/// exemption for any process: the daemon never runs inside an agent cgroup.
+fn same_netns(ctx: &SockAddrContext, settings: &Settings) -> bool {
+    // SAFETY: the context pointer is the kernel's bpf_sock_addr.
+    let cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    cookie == settings.netns_cookie
 }
 
 fn current_tgid() -> u32 {
@@ -171,8 +184,8 @@ pub fn redirect_connect4(ctx: SockAddrContext) -> i32 {
 fn try_redirect_connect4(ctx: &SockAddrContext) -> Result<i32, i64> {
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
     let settings = settings().ok_or(0i64)?;
-    if settings.proxy_tgid != 0 && current_tgid() == settings.proxy_tgid {
-        return Ok(ALLOW);
+    if !same_netns(ctx, &settings) {
+        return Ok(DENY);
     }
     // SAFETY: ctx fields of bpf_sock_addr readable in connect4.
     let (ip4, port_be, sock_type) = unsafe { ((*sa).user_ip4, (*sa).user_port, (*sa).type_) };
@@ -207,8 +220,8 @@ pub fn redirect_connect6(ctx: SockAddrContext) -> i32 {
 fn try_redirect_connect6(ctx: &SockAddrContext) -> Result<i32, i64> {
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
     let settings = settings().ok_or(0i64)?;
-    if settings.proxy_tgid != 0 && current_tgid() == settings.proxy_tgid {
-        return Ok(ALLOW);
+    if !same_netns(ctx, &settings) {
+        return Ok(DENY);
     }
     // SAFETY: ctx fields of bpf_sock_addr readable in connect6.
     let (port_be, sock_type) = unsafe { ((*sa).user_port, (*sa).type_) };
@@ -245,6 +258,10 @@ fn try_redirect_connect6(ctx: &SockAddrContext) -> Result<i32, i64> {
 /// UDP without connect(): only listed resolvers. Fails closed.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn restrict_sendmsg4(ctx: SockAddrContext) -> i32 {
+    match settings() {
+        Some(s) if same_netns(&ctx, &s) => {}
+        _ => return DENY,
+    }
     let sa = ctx.sock_addr;
     // SAFETY: ctx fields readable in sendmsg4.
     let (ip4, port_be) = unsafe { ((*sa).user_ip4, (*sa).user_port) };
@@ -254,6 +271,10 @@ pub fn restrict_sendmsg4(ctx: SockAddrContext) -> i32 {
 /// UDP without connect() over IPv6 (and v4-mapped). Fails closed.
 #[cgroup_sock_addr(sendmsg6)]
 pub fn restrict_sendmsg6(ctx: SockAddrContext) -> i32 {
+    match settings() {
+        Some(s) if same_netns(&ctx, &s) => {}
+        _ => return DENY,
+    }
     let sa = ctx.sock_addr;
     // SAFETY: ctx fields readable in sendmsg6.
     let port_be = unsafe { (*sa).user_port };
@@ -422,6 +443,99 @@ fn try_original_dst(ctx: &SockoptContext) -> Result<(), i64> {
         (*so).retval = 0;
     }
     Ok(())
+}
+
+const PASS: i32 = 1;
+const DROP: i32 = 0;
+const IPPROTO_TCP_U8: u8 = 6;
+const IPPROTO_UDP_U8: u8 = 17;
+
+/// The far end of a packet, as seen on the wire. (Plain integers only: an
+/// `Option` of this, or a `bool` in it, makes BTF the kernel rejects.)
+#[derive(Clone, Copy)]
+struct WireEnd {
+    ip: [u32; 4],
+    port: u16,
+    proto: u8,
+}
+
+/// Parses a packet (the skb starts at the IP header in cgroup_skb
+/// programs) into `end`; `remote_is_dst` picks the destination (egress) or
+/// the source (ingress). Anything but plain IPv4 (no options) or IPv6 (no
+/// extension headers) carrying TCP or UDP is refused (`false`): routing
+/// headers and source routes are exactly how a packet could leave for
+/// somewhere else than its socket's destination.
+fn wire_end(ctx: &SkBuffContext, remote_is_dst: bool, end: &mut WireEnd) -> Result<bool, i64> {
+    let first: u8 = ctx.load(0)?;
+    match first >> 4 {
+        4 => {
+            if first & 0x0f != 5 {
+                return Ok(false);
+            }
+            end.proto = ctx.load(9)?;
+            let ip: u32 = ctx.load(if remote_is_dst { 16 } else { 12 })?;
+            let port: u16 = ctx.load(if remote_is_dst { 22 } else { 20 })?;
+            end.ip = v4_mapped(ip);
+            end.port = u16::from_be(port);
+        }
+        6 => {
+            end.proto = ctx.load(6)?;
+            let base = if remote_is_dst { 24 } else { 8 };
+            end.ip = [
+                ctx.load::<u32>(base)?,
+                ctx.load::<u32>(base + 4)?,
+                ctx.load::<u32>(base + 8)?,
+                ctx.load::<u32>(base + 12)?,
+            ];
+            let port: u16 = ctx.load(if remote_is_dst { 42 } else { 40 })?;
+            end.port = u16::from_be(port);
+        }
+        _ => return Ok(false),
+    }
+    Ok(end.proto == IPPROTO_TCP_U8 || end.proto == IPPROTO_UDP_U8)
+}
+
+/// TCP only with the proxy, UDP only with a listed resolver.
+fn wire_allowed(end: &WireEnd) -> bool {
+    let Some(settings) = SETTINGS.get(0) else {
+        return false;
+    };
+    if end.proto == IPPROTO_TCP_U8 {
+        let port_ok = u32::from(end.port) == settings.proxy_port && settings.proxy_port != 0;
+        let v4_proxy = v4_mapped(settings.proxy_ip4);
+        let v6_proxy = [0, 0, 0, 1u32.to_be()];
+        port_ok && (end.ip == v4_proxy || end.ip == v6_proxy)
+    } else {
+        dns_allowed(end.ip, end.port) == ALLOW
+    }
+}
+
+fn wire_verdict(ctx: &SkBuffContext, remote_is_dst: bool) -> i32 {
+    let mut end = WireEnd {
+        ip: [0; 4],
+        port: 0,
+        proto: 0,
+    };
+    match wire_end(ctx, remote_is_dst, &mut end) {
+        Ok(true) if wire_allowed(&end) => PASS,
+        _ => DROP,
+    }
+}
+
+/// Last line on the wire: every packet an agent socket sends must go to the
+/// proxy (TCP) or a listed resolver (UDP), whatever the socket API said.
+/// Catches per-packet routing headers, source routes and anything the
+/// connect/sendmsg hooks did not see. Fails closed: unparsable packets drop.
+#[cgroup_skb(egress)]
+pub fn restrict_egress(ctx: SkBuffContext) -> i32 {
+    wire_verdict(&ctx, true)
+}
+
+/// Agents take packets only from the proxy (TCP) or a listed resolver (UDP):
+/// no inbound connections, no datagrams from elsewhere. Fails closed.
+#[cgroup_skb(ingress)]
+pub fn restrict_ingress(ctx: SkBuffContext) -> i32 {
+    wire_verdict(&ctx, false)
 }
 
 /// Inet sockets an agent may create: TCP and UDP only. Raw sockets and every

@@ -6,11 +6,9 @@
 
 use std::{
     fs,
-    io::{Read, Write},
-    net::{Ipv4Addr, TcpListener},
-    os::fd::AsRawFd,
+    io::BufRead,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use cordon_tests::serde_json::Value;
@@ -176,38 +174,14 @@ fn pin_refuses_unknown_agents_and_paths_outside_cgroup2() {
     c.finish(|| d.context());
 }
 
-/// getsockopt(SOL_IP, SO_ORIGINAL_DST) on an accepted socket.
-fn original_dst(stream: &std::net::TcpStream) -> Result<(Ipv4Addr, u16), i32> {
-    const SO_ORIGINAL_DST: libc::c_int = 80;
-    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: addr/len describe a writable sockaddr_in for the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_IP,
-            SO_ORIGINAL_DST,
-            std::ptr::from_mut(&mut addr).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1));
-    }
-    Ok((
-        Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
-        u16::from_be(addr.sin_port),
-    ))
-}
-
 #[test]
 fn so_original_dst_answers_transparent_proxy_code_in_the_daemon_cgroup() {
     require_root!();
     let echo = EchoServer::v4();
     let mut d = Daemon::start(Setup::bot_with_echo(&echo.address()));
+    let daemon_cgroup = str_of(&d.status(), "daemon_cgroup").to_owned();
     // A destination nobody listens on: only the redirect can answer it.
-    let dest_port = free_port();
-    let dest = format!("127.0.0.1:{dest_port}");
+    let dest = format!("127.0.0.1:{}", free_port());
     let trigger = d.setup.dir.path().join("trigger");
     let script = format!(
         "while [ ! -e '{}' ]; do sleep 0.05; done; exec '{}' tcp {dest} --send hi --read 2",
@@ -220,36 +194,43 @@ fn so_original_dst_answers_transparent_proxy_code_in_the_daemon_cgroup() {
     );
     std::thread::sleep(Duration::from_millis(500));
     // Free the proxy port; the pinned programs keep redirecting to it, and
-    // the getsockopt program stays attached to this (the daemon's) cgroup.
+    // the pinned getsockopt link stays on the daemon's cgroup, where the
+    // stand-in proxy now runs.
     d.kill9();
-    let listener = TcpListener::bind(d.setup.proxy_addr()).expect("bind the proxy port");
-    listener.set_nonblocking(true).expect("nonblocking");
+    let odst = cordon_tests::bin_dir().join("cordon-odst");
+    let stand_in = format!(
+        "echo $$ > '{daemon_cgroup}/cgroup.procs' && exec '{}' {}",
+        odst.display(),
+        d.setup.proxy_addr()
+    );
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", &stand_in])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the stand-in proxy");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let ready = lines.next().and_then(Result::ok);
     fs::write(&trigger, b"go").expect("trigger");
-
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut accepted = None;
-    while Instant::now() < deadline {
-        if let Ok((s, _)) = listener.accept() {
-            accepted = Some(s);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut c = Checks::new();
-    match accepted {
-        None => c.check(false, "the agent's redirected connection never arrived"),
-        Some(mut s) => {
-            s.set_nonblocking(false).expect("blocking");
-            let got = original_dst(&s);
-            c.eq("SO_ORIGINAL_DST", got, Ok((Ipv4Addr::LOCALHOST, dest_port)));
-            let mut hi = [0u8; 2];
-            let _ = s.read_exact(&mut hi);
-            let _ = s.write_all(b"ok");
-        }
-    }
+    let answer: Value = lines
+        .next()
+        .and_then(Result::ok)
+        .and_then(|l| cordon_tests::serde_json::from_str(&l).ok())
+        .unwrap_or(Value::Null);
+    let _ = child.wait();
     let out = waiting.finish(Duration::from_secs(15));
     let p = parse_probe(&out, "agent dialing through the stand-in proxy");
+    let mut c = Checks::new();
+    c.eq("stand-in proxy started", ready.as_deref(), Some("ready"));
+    c.eq(
+        "SO_ORIGINAL_DST",
+        answer["original_dst"].as_str(),
+        Some(dest.as_str()),
+    );
     c.eq("agent received", str_of(&p, "received"), "ok");
+    c.check(
+        !daemon_cgroup.is_empty() && daemon_cgroup != cgroup2_mount().display().to_string(),
+        format!("the daemon must not hook the host's root cgroup: {daemon_cgroup}"),
+    );
     c.finish(|| d.context());
 }
 

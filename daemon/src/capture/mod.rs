@@ -42,6 +42,8 @@ pub const AGENT_PROGRAMS: &[&str] = &[
     "restore_getpeername6",
     "attest_sock_ops",
     "restrict_sock_create",
+    "restrict_egress",
+    "restrict_ingress",
     "restrict_socket_create",
     "restrict_socket_connect",
     "restrict_socket_sendmsg",
@@ -287,6 +289,34 @@ fn mount_bpffs(target: &Path) -> Result<(), CaptureError> {
     }
 }
 
+/// The cookie of the daemon's network namespace (SO_NETNS_COOKIE).
+#[allow(unsafe_code)]
+fn own_netns_cookie() -> Result<u64, CaptureError> {
+    use std::os::fd::AsRawFd as _;
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let err = |source| CaptureError::Io {
+        path: PathBuf::from("SO_NETNS_COOKIE"),
+        source,
+    };
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").map_err(err)?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: cookie/len describe a writable u64 for the duration of the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            std::ptr::from_mut(&mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || cookie == 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    Ok(cookie)
+}
+
 fn take_hash<K: aya::Pod, V: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &'static str,
@@ -343,6 +373,7 @@ impl Capture {
                 aya::programs::Program::CgroupSockAddr(p) => p.load().map_err(program_err)?,
                 aya::programs::Program::SockOps(p) => p.load().map_err(program_err)?,
                 aya::programs::Program::CgroupSock(p) => p.load().map_err(program_err)?,
+                aya::programs::Program::CgroupSkb(p) => p.load().map_err(program_err)?,
                 aya::programs::Program::CgroupSockopt(p) => p.load().map_err(program_err)?,
                 _ => return Err(CaptureError::MissingProgram(name)),
             }
@@ -367,8 +398,7 @@ impl Capture {
                 Settings {
                     proxy_ip4: u32::from_ne_bytes(ip4.octets()),
                     proxy_port: u32::from(proxy.port()),
-                    proxy_tgid: std::process::id(),
-                    _pad: 0,
+                    netns_cookie: own_netns_cookie()?,
                 },
                 0,
             )
@@ -486,6 +516,16 @@ impl Capture {
         match prog {
             aya::programs::Program::CgroupSockAddr(p) => {
                 let id = p.attach(cg, mode).map_err(program_err)?;
+                let link = p.take_link(id).map_err(program_err)?;
+                FdLink::try_from(link).map_err(link_err)
+            }
+            aya::programs::Program::CgroupSkb(p) => {
+                let direction = if name == "restrict_egress" {
+                    aya::programs::CgroupSkbAttachType::Egress
+                } else {
+                    aya::programs::CgroupSkbAttachType::Ingress
+                };
+                let id = p.attach(cg, direction, mode).map_err(program_err)?;
                 let link = p.take_link(id).map_err(program_err)?;
                 FdLink::try_from(link).map_err(link_err)
             }

@@ -23,6 +23,10 @@ use crate::{
     proxy::{self, Gateway, Stats},
 };
 
+/// The daemon's own cgroup under `cgroup_root` when it was started in the
+/// root cgroup (agent names cannot start with `_`).
+const DAEMON_CGROUP: &str = "_daemon";
+
 /// Everything under the state directory lives here.
 fn audit_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("audit")
@@ -94,6 +98,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
 
+    // The kernel programs exempt nobody, so a daemon inside an agent cgroup
+    // would capture its own upstream connections.
+    let own_cgroup = cgroup::of_process(&mount, std::process::id())
+        .context("finding the daemon's own cgroup")?;
     let identity = identity::Registry::default();
     let runtime_pins = pins::load(&state_dir);
     for (index, agent) in config.agents.iter().enumerate() {
@@ -118,6 +126,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 p
             }
         };
+        if own_cgroup.starts_with(&path) {
+            anyhow::bail!(
+                "the daemon runs inside agent `{name}`'s cgroup {}: start it outside every agent cgroup",
+                path.display()
+            );
+        }
         let attached = capture
             .attach_agent(name, index as u32, &path)
             .with_context(|| format!("attaching agent `{name}` to {}", path.display()))?;
@@ -127,13 +141,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     for gone in capture.detach_others(&keep)? {
         info!(agent = %gone, "detached an agent no longer in the config");
     }
-    match cgroup::of_process(&mount, std::process::id()) {
-        Ok(own) => {
-            if let Err(e) = capture.attach_daemon_cgroup(&own) {
-                warn!(error = %e, "SO_ORIGINAL_DST support unavailable");
-            }
-        }
-        Err(e) => warn!(error = %e, "cannot find the daemon's own cgroup"),
+    // SO_ORIGINAL_DST for code in the daemon's cgroup. Started by hand (no
+    // systemd), the daemon sits in the host's root cgroup: hooking every
+    // getsockopt on the host is not ours to do, so it moves to a cgroup of
+    // its own next to the agents'.
+    let daemon_cgroup = if own_cgroup == mount {
+        let dir = root.join(DAEMON_CGROUP);
+        cgroup::create(&dir)?;
+        cgroup::add_process(&dir, std::process::id())?;
+        dir
+    } else {
+        own_cgroup
+    };
+    if let Err(e) = capture.attach_daemon_cgroup(&daemon_cgroup) {
+        warn!(error = %e, "SO_ORIGINAL_DST support unavailable");
     }
 
     let control = control::bind(&config.daemon.control_socket)?;
@@ -221,6 +242,8 @@ fn uninstall(config: &Config) -> anyhow::Result<()> {
             problems.push(format!("{e} (processes still inside?)"));
         }
     }
+    // Empty once the daemon has stopped.
+    let _ = std::fs::remove_dir(root.join(DAEMON_CGROUP));
     if config.daemon.cgroup_root.is_none() || root.exists() {
         let _ = std::fs::remove_dir(&root);
     }
