@@ -406,6 +406,9 @@ pub struct Setup {
     pub unix_allow: Vec<String>,
     /// Appended verbatim (for tests of bad configs).
     pub extra: String,
+    /// Extra `[daemon]` keys, written verbatim inside the `[daemon]` table
+    /// (e.g. `"max_sessions_per_agent = 3\n"`).
+    pub daemon_extra: String,
 }
 
 impl Setup {
@@ -429,6 +432,7 @@ impl Setup {
             dns_resolvers: Vec::new(),
             unix_allow: Vec::new(),
             extra: String::new(),
+            daemon_extra: String::new(),
         }
     }
 
@@ -450,6 +454,15 @@ impl Setup {
 
     pub fn unix_allow(mut self, name: &str) -> Setup {
         self.unix_allow.push(name.to_owned());
+        self
+    }
+
+    /// Adds `line` (one or more `key = value` lines) to the `[daemon]` table.
+    pub fn daemon_key(mut self, line: &str) -> Setup {
+        self.daemon_extra.push_str(line);
+        if !line.ends_with('\n') {
+            self.daemon_extra.push('\n');
+        }
         self
     }
 
@@ -493,6 +506,10 @@ impl Setup {
         let unix: Vec<String> = self.unix_allow.iter().map(|r| toml_string(r)).collect();
         let _ = writeln!(s, "unix_allow = [{}]", unix.join(", "));
         let _ = writeln!(s, "upstream_connect_timeout_secs = 5");
+        s.push_str(&self.daemon_extra);
+        if !self.daemon_extra.is_empty() && !self.daemon_extra.ends_with('\n') {
+            s.push('\n');
+        }
         for agent in &self.agents {
             let _ = writeln!(s, "\n[[agent]]\nname = {}", toml_string(agent));
         }

@@ -4,6 +4,7 @@
 //! socket the proxy accepts. First stage of the data flow.
 
 pub mod cgroup;
+pub mod landlock;
 mod raw_bpf;
 pub mod seccomp;
 

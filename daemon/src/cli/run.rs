@@ -1,12 +1,25 @@
 //! `cordon run --agent NAME -- CMD...`: the daemon moves this very process
-//! into the agent's cgroup, then it execs CMD, so every socket CMD creates is
-//! captured. Runs as the invoking user, under the seccomp filter of
-//! `capture::seccomp` (no packet/raw/unix sockets, no io_uring, no_new_privs).
+//! into the agent's cgroup, then it confines itself and execs CMD, so every
+//! socket CMD creates is captured. Runs as the invoking user.
+//!
+//! Confinement, in order, all inherited by every descendant and irremovable:
+//! 1. a fresh Landlock domain (`capture::landlock`): the agent cannot ptrace,
+//!    open `/proc/<pid>/mem` of, or take descriptors from any process outside
+//!    it. No Landlock on this kernel: the agent is not started.
+//! 2. the seccomp filters (`capture::seccomp`): no packet/raw/unix sockets
+//!    outside what the kernel enforces, no io_uring, no namespaces, no
+//!    mounts, no ptrace-style syscalls, no IP routing/extension headers by
+//!    setsockopt, no x32 syscalls; `clone3` fails with ENOSYS.
+//! 3. no_new_privs (set by both).
+//!
+//! Both apply to the calling thread only, so this process must be (and is:
+//! the CLI starts no runtime) single-threaded here; it checks.
 
-use std::{ffi::OsString, os::unix::process::CommandExt as _, path::Path, process::Command};
+use std::{ffi::OsString, fs, os::unix::process::CommandExt as _, path::Path, process::Command};
 
-use anyhow::bail;
+use anyhow::{bail, Context as _};
 
+use crate::capture::{landlock, seccomp};
 use crate::control::{Joined, Request};
 
 pub fn run(config: &Path, agent: &str, command: &[OsString]) -> anyhow::Result<()> {
@@ -19,9 +32,31 @@ pub fn run(config: &Path, agent: &str, command: &[OsString]) -> anyhow::Result<(
             agent: agent.to_owned(),
         },
     )?;
+    ensure_single_threaded()?;
+    let domain = landlock::restrict_self()
+        .context("refusing to start the agent without its Landlock domain")?;
+    if !domain.cross_directory_renames {
+        eprintln!(
+            "cordon: warning: Landlock ABI {} (Linux < 5.19): the agent cannot link or rename \
+             files across directories (EXDEV)",
+            domain.abi
+        );
+    }
     // Unix sockets stay usable only where the kernel enforces the daemon's
     // allow list (BPF LSM); otherwise they are refused outright.
-    crate::capture::seccomp::confine(joined.unix_sockets)?;
+    seccomp::confine(joined.unix_sockets)?;
     let err = Command::new(program).args(args).exec();
     bail!("cannot run {}: {err}", program.to_string_lossy())
+}
+
+/// Landlock and seccomp confine only the calling thread: refuse to go on if
+/// anything started a second one.
+fn ensure_single_threaded() -> anyhow::Result<()> {
+    let threads = fs::read_dir("/proc/self/task")
+        .context("counting this process's threads in /proc/self/task")?
+        .count();
+    if threads != 1 {
+        bail!("internal error: `cordon run` has {threads} threads; it must confine a single one");
+    }
+    Ok(())
 }

@@ -1,6 +1,12 @@
 //! `cordon sessions list|show`
+//!
+//! Much of a session record comes from the agent (its comm, which it sets
+//! with prctl(PR_SET_NAME); addresses; error texts), so every string in the
+//! human output goes through [`escape`]: an agent must not be able to send
+//! escape sequences to an operator's terminal. JSON output is escaped by
+//! the encoder.
 
-use std::path::Path;
+use std::{borrow::Cow, fmt::Write as _, path::Path};
 
 use crate::{audit::Session, control::Request};
 
@@ -29,20 +35,20 @@ pub fn list(config: &Path, agent: Option<String>, limit: usize, json: bool) -> a
         println!(
             "{:<16}  {:<20}  {:<12} {:>7} {:>6} {:<12} {:<24} {:<12} {:<6} {:>8} {:>8}  {}",
             s.id,
-            s.started_at.get(..19).unwrap_or(&s.started_at),
-            s.agent.as_deref().unwrap_or("-"),
+            escape(s.started_at.get(..19).unwrap_or(&s.started_at)),
+            escape(s.agent.as_deref().unwrap_or("-")),
             s.pid,
             s.uid,
-            s.comm,
-            s.dst,
-            s.resource.as_deref().unwrap_or("-"),
+            escape(&s.comm),
+            escape(&s.dst),
+            escape(s.resource.as_deref().unwrap_or("-")),
             match s.verdict {
                 crate::audit::Verdict::Allow => "allow",
                 crate::audit::Verdict::Deny => "DENY",
             },
             s.bytes_up,
             s.bytes_down,
-            s.reason
+            escape(&s.reason)
         );
     }
     Ok(())
@@ -55,7 +61,7 @@ pub fn show(config: &Path, id: &str, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let s: Session = serde_json::from_value(data)?;
-    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let opt = |v: &Option<String>| escape(v.as_deref().unwrap_or("-")).into_owned();
     println!("session      {}", s.id);
     println!("agent        {}", opt(&s.agent));
     println!(
@@ -63,16 +69,63 @@ pub fn show(config: &Path, id: &str, json: bool) -> anyhow::Result<()> {
         s.pid,
         s.uid,
         s.gid,
-        s.comm,
+        escape(&s.comm),
         opt(&s.exe)
     );
     println!("cgroup id    {}", s.cgroup_id);
-    println!("destination  {}", s.dst);
+    println!("destination  {}", escape(&s.dst));
     println!("resource     {} ({})", opt(&s.resource), opt(&s.protocol));
-    println!("verdict      {:?}: {}", s.verdict, s.reason);
-    println!("started      {}", s.started_at);
+    println!("verdict      {:?}: {}", s.verdict, escape(&s.reason));
+    println!("started      {}", escape(&s.started_at));
     println!("ended        {}", opt(&s.ended_at));
     println!("bytes        {} up, {} down", s.bytes_up, s.bytes_down);
     println!("end          {}", opt(&s.end_reason));
     Ok(())
+}
+
+/// Text safe to print to a terminal: C0 controls (below 0x20), DEL (0x7f)
+/// and C1 controls (U+0080..=U+009F) become `\xNN`, and a backslash becomes
+/// `\\`, so an escaped byte cannot be confused with text that merely looks
+/// like one. Everything else is unchanged.
+pub fn escape(s: &str) -> Cow<'_, str> {
+    let needs = |c: char| c == '\\' || c < ' ' || ('\u{7f}'..='\u{9f}').contains(&c);
+    if !s.chars().any(needs) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c == '\\' {
+            out.push_str("\\\\");
+        } else if needs(c) {
+            let _ = write!(out, "\\x{:02x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape("cordon-probe"), "cordon-probe");
+        assert!(matches!(
+            escape("plain text"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(escape("x\x1b[2Jy"), "x\\x1b[2Jy");
+        assert_eq!(escape("a\nb\rc\td\0"), "a\\x0ab\\x0dc\\x09d\\x00");
+        assert_eq!(escape("\x7f"), "\\x7f");
+        // C1 controls, e.g. U+009B (CSI), which some terminals honour.
+        assert_eq!(escape("\u{80}\u{9b}2J\u{9f}"), "\\x80\\x9b2J\\x9f");
+        // Printable non-ASCII text stays as it is.
+        assert_eq!(escape("\u{a0}é→日本"), "\u{a0}é→日本");
+        // A backslash is doubled, so escaped output cannot be forged.
+        assert_eq!(escape("\\x1b"), "\\\\x1b");
+        let all: String = (0u8..=0x1f).map(char::from).collect();
+        assert!(!escape(&all).chars().any(|c| c.is_control()));
+    }
 }

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use super::sessions::escape;
 use crate::control::{Request, StatusReport};
 
 pub fn run(config: &Path, json: bool) -> anyhow::Result<()> {
@@ -11,10 +12,12 @@ pub fn run(config: &Path, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("daemon pid     {}", s.pid);
-    println!("config         {}", s.config.display());
-    println!("listening      {}", s.listen.join(", "));
-    println!("bpffs          {}", s.bpffs.display());
-    println!("programs       {}", s.programs.join(" "));
+    // Every string is escaped for the terminal (see `sessions::escape`).
+    let path = |p: &Path| escape(&p.to_string_lossy()).into_owned();
+    println!("config         {}", path(&s.config));
+    println!("listening      {}", escape(&s.listen.join(", ")));
+    println!("bpffs          {}", path(&s.bpffs));
+    println!("programs       {}", escape(&s.programs.join(" ")));
     println!(
         "BPF LSM        {}",
         if s.lsm_active {
@@ -25,17 +28,15 @@ pub fn run(config: &Path, json: bool) -> anyhow::Result<()> {
     );
     println!(
         "daemon cgroup  {} ({})",
-        s.daemon_cgroup
-            .as_deref()
-            .map_or_else(|| "-".into(), |p| p.display().to_string()),
-        s.daemon_program
+        s.daemon_cgroup.as_deref().map_or_else(|| "-".into(), path),
+        escape(&s.daemon_program)
     );
     println!("agents");
     for a in &s.agents {
         println!(
             "  {:<20} {} (id {}, {} pinned links)",
-            a.name,
-            a.cgroup.display(),
+            escape(&a.name),
+            path(&a.cgroup),
             a.cgroup_id,
             a.pinned_links
         );

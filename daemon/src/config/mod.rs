@@ -67,6 +67,16 @@ struct RawDaemon {
     /// Seconds to wait for the upstream TCP handshake.
     #[serde(default = "default_connect_timeout")]
     upstream_connect_timeout_secs: u64,
+    /// Concurrent proxied sessions, all agents together.
+    #[serde(default = "default_max_sessions")]
+    max_sessions: u64,
+    /// Concurrent proxied sessions of any one agent.
+    #[serde(default = "default_max_sessions_per_agent")]
+    max_sessions_per_agent: u64,
+    /// Seconds a session may stay half-closed (one direction at EOF, the
+    /// other still open) before cordon ends it.
+    #[serde(default = "default_half_close_timeout")]
+    half_close_timeout_secs: u64,
 }
 
 fn default_listen() -> String {
@@ -78,6 +88,19 @@ fn default_bpffs() -> PathBuf {
 fn default_connect_timeout() -> u64 {
     10
 }
+fn default_max_sessions() -> u64 {
+    4096
+}
+fn default_max_sessions_per_agent() -> u64 {
+    1024
+}
+fn default_half_close_timeout() -> u64 {
+    60
+}
+
+/// Upper bound for `max_sessions` and `max_sessions_per_agent`: far beyond
+/// what the file-descriptor budget (six per session) of any host allows.
+const MAX_SESSIONS_CEILING: u64 = 1_000_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,6 +150,12 @@ pub struct Daemon {
     pub dns_resolvers: Vec<SocketAddr>,
     pub unix_allow: Vec<UnixName>,
     pub upstream_connect_timeout: std::time::Duration,
+    /// Concurrent sessions, all agents together (>= 1).
+    pub max_sessions: usize,
+    /// Concurrent sessions of one agent (>= 1).
+    pub max_sessions_per_agent: usize,
+    /// How long a session may stay half-closed before cordon ends it.
+    pub half_close_timeout: std::time::Duration,
 }
 
 /// An agent name: also a cgroup directory and a bpffs directory name (bpffs
@@ -307,6 +336,29 @@ impl Config {
                 "expected 1..=300 seconds".into(),
             ));
         }
+        let sessions_limit = |key: &str, value: u64| {
+            usize::try_from(value)
+                .ok()
+                .filter(|_| (1..=MAX_SESSIONS_CEILING).contains(&value))
+                .ok_or_else(|| {
+                    invalid(
+                        format!("daemon.{key}"),
+                        format!("expected 1..={MAX_SESSIONS_CEILING} sessions, got {value}"),
+                    )
+                })
+        };
+        let max_sessions = sessions_limit("max_sessions", d.max_sessions)?;
+        let max_sessions_per_agent =
+            sessions_limit("max_sessions_per_agent", d.max_sessions_per_agent)?;
+        if d.half_close_timeout_secs == 0 || d.half_close_timeout_secs > 86_400 {
+            return Err(invalid(
+                "daemon.half_close_timeout_secs".into(),
+                format!(
+                    "expected 1..=86400 seconds, got {}",
+                    d.half_close_timeout_secs
+                ),
+            ));
+        }
         let daemon = Daemon {
             state_dir: d.state_dir,
             control_socket: d.control_socket,
@@ -318,6 +370,9 @@ impl Config {
             upstream_connect_timeout: std::time::Duration::from_secs(
                 d.upstream_connect_timeout_secs,
             ),
+            max_sessions,
+            max_sessions_per_agent,
+            half_close_timeout: std::time::Duration::from_secs(d.half_close_timeout_secs),
         };
 
         let mut agents = Vec::new();
@@ -556,6 +611,12 @@ expires = "2026-12-31T00:00:00Z"
         };
         assert_eq!(cfg.agents.len(), 1);
         assert_eq!(cfg.daemon.bpffs, PathBuf::from("/sys/fs/bpf/cordon"));
+        assert_eq!(cfg.daemon.max_sessions, 4096);
+        assert_eq!(cfg.daemon.max_sessions_per_agent, 1024);
+        assert_eq!(
+            cfg.daemon.half_close_timeout,
+            std::time::Duration::from_secs(60)
+        );
         let dst: SocketAddr = "[::ffff:10.0.0.5]:5432"
             .parse()
             .unwrap_or_else(|_| unreachable!());
@@ -604,6 +665,22 @@ expires = "2026-12-31T00:00:00Z"
             (
                 BASE.replace("[daemon]", "[deamon]"),
                 "unknown field `deamon`",
+            ),
+            (
+                BASE.replace("[daemon]", "[daemon]\nmax_sessions = 0"),
+                "daemon.max_sessions`",
+            ),
+            (
+                BASE.replace("[daemon]", "[daemon]\nmax_sessions_per_agent = 2000000"),
+                "daemon.max_sessions_per_agent`",
+            ),
+            (
+                BASE.replace("[daemon]", "[daemon]\nhalf_close_timeout_secs = 0"),
+                "daemon.half_close_timeout_secs`",
+            ),
+            (
+                BASE.replace("[daemon]", "[daemon]\nmax_sessions = -1"),
+                "max_sessions",
             ),
         ];
         for (text, want) in table {

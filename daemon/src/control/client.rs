@@ -5,7 +5,7 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use super::{Request, Response};
@@ -30,8 +30,36 @@ pub enum ClientError {
     Refused(String),
 }
 
+/// How long a caller keeps retrying while the daemon answers `busy` (its
+/// connection cap is reached; slots free up within the daemon's request
+/// deadline).
+const BUSY_RETRY_FOR: Duration = Duration::from_secs(15);
+
 /// Sends one request and returns the response's data, or the daemon's error.
+/// A `busy` answer (nothing was done) is retried with backoff for up to
+/// [`BUSY_RETRY_FOR`].
 pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value, ClientError> {
+    let give_up = Instant::now() + BUSY_RETRY_FOR;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let response = exchange(socket, request)?;
+        if response.busy && Instant::now() + pause < give_up {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(500));
+            continue;
+        }
+        return if response.ok {
+            Ok(response.data)
+        } else {
+            Err(ClientError::Refused(
+                response.error.unwrap_or_else(|| "refused".into()),
+            ))
+        };
+    }
+}
+
+/// One connection: send the request line, read the response line.
+fn exchange(socket: &Path, request: &Request) -> Result<Response, ClientError> {
     let io = |source| ClientError::Io {
         path: socket.to_owned(),
         source,
@@ -45,15 +73,17 @@ pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value, Clien
         .map_err(io)?;
     let mut line = serde_json::to_vec(request).map_err(ClientError::Decode)?;
     line.push(b'\n');
-    stream.write_all(&line).map_err(io)?;
+    // A daemon that turned the connection away (busy) may have closed it
+    // before the request went out; its reply is still there to read.
+    let sent = stream.write_all(&line);
     let mut reply = String::new();
-    BufReader::new(&stream).read_line(&mut reply).map_err(io)?;
-    let response: Response = serde_json::from_str(&reply).map_err(ClientError::Decode)?;
-    if response.ok {
-        Ok(response.data)
-    } else {
-        Err(ClientError::Refused(
-            response.error.unwrap_or_else(|| "refused".into()),
-        ))
+    let read = BufReader::new(&stream).read_line(&mut reply);
+    match (sent, read) {
+        (_, Ok(n)) if n > 0 => serde_json::from_str(&reply).map_err(ClientError::Decode),
+        (Err(e), _) | (Ok(()), Err(e)) => Err(io(e)),
+        (Ok(()), Ok(_)) => Err(io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the daemon closed the connection without a reply",
+        ))),
     }
 }

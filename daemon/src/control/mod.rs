@@ -2,12 +2,21 @@
 //! JSON response per connection. Callers are identified by SO_PEERCRED, not
 //! by anything they send: root administers; `join` (used by `cordon run`) is
 //! open to the users an agent lists.
+//!
+//! The socket is open to every local user, so it is bounded: at most
+//! [`MAX_CONNECTIONS`] connections at once (a few of them kept for root, and
+//! a cap per unprivileged user), the request must arrive within
+//! [`REQUEST_DEADLINE`] and fit in [`MAX_REQUEST`] bytes. A connection over
+//! a cap is answered at once with a `busy` error (clients retry) and closed.
 
 pub mod client;
 
 use std::{
+    collections::HashMap,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
-    sync::{atomic::Ordering, Arc},
+    sync::{atomic::Ordering, Arc, Mutex},
+    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +29,22 @@ use crate::{audit::SessionId, capture, proxy::Gateway};
 
 /// Largest request accepted, in bytes.
 const MAX_REQUEST: usize = 64 * 1024;
+
+/// Control connections open at once, all callers together.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Of [`MAX_CONNECTIONS`], how many only root may use: unprivileged users
+/// holding connections open cannot lock the administrator out.
+const RESERVED_FOR_ROOT: usize = 16;
+
+/// Control connections one unprivileged uid may hold at once.
+const MAX_PER_USER: usize = 16;
+
+/// Time from accept until the whole request line must have arrived.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Time for the reply to be taken by the caller.
+const REPLY_DEADLINE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -50,6 +75,10 @@ pub struct Response {
     pub error: Option<String>,
     #[serde(default)]
     pub data: serde_json::Value,
+    /// The request was not read because the socket is at its connection
+    /// cap: nothing happened, and the same request may be sent again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub busy: bool,
 }
 
 impl Response {
@@ -58,6 +87,7 @@ impl Response {
             ok: true,
             error: None,
             data,
+            busy: false,
         }
     }
     fn err(msg: impl Into<String>) -> Self {
@@ -65,7 +95,20 @@ impl Response {
             ok: false,
             error: Some(msg.into()),
             data: serde_json::Value::Null,
+            busy: false,
         }
+    }
+    fn busy(msg: impl Into<String>) -> Self {
+        Self {
+            busy: true,
+            ..Self::err(msg)
+        }
+    }
+    /// One JSON line.
+    fn line(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec(self).unwrap_or_default();
+        out.push(b'\n');
+        out
     }
 }
 
@@ -156,49 +199,316 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 }
 
 pub async fn serve(gw: Arc<Gateway>, listener: UnixListener) {
+    let limiter = Arc::new(ConnLimiter::default());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
+        };
+        let cred = match stream.peer_cred() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "control connection without peer credentials");
+                continue;
+            }
+        };
+        let slot = match limiter.clone().try_take(cred.uid()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                tracing::debug!(uid = cred.uid(), why, "control connection refused: busy");
+                // The reply is small and the socket's buffer empty, so a
+                // non-blocking write never stalls the accept loop.
+                let _ = stream.try_write(&Response::busy(why).line());
+                continue;
+            }
         };
         let gw = gw.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(gw, stream).await {
+            if let Err(e) = handle(gw, stream, cred).await {
                 tracing::debug!(error = %e, "control connection failed");
             }
+            drop(slot);
         });
     }
 }
 
-async fn handle(gw: Arc<Gateway>, stream: UnixStream) -> std::io::Result<()> {
-    let cred = stream.peer_cred()?;
+/// Counts open control connections: at most [`MAX_CONNECTIONS`], of which
+/// unprivileged callers may hold `MAX_CONNECTIONS - RESERVED_FOR_ROOT`, at
+/// most [`MAX_PER_USER`] per uid.
+#[derive(Debug, Default)]
+struct ConnLimiter {
+    state: Mutex<ConnCounts>,
+}
+
+#[derive(Debug, Default)]
+struct ConnCounts {
+    total: usize,
+    unprivileged: usize,
+    per_uid: HashMap<u32, usize>,
+}
+
+/// One open control connection; frees its place when dropped.
+struct ConnSlot {
+    limiter: Arc<ConnLimiter>,
+    uid: u32,
+}
+
+impl ConnLimiter {
+    fn try_take(self: Arc<Self>, uid: u32) -> Result<ConnSlot, String> {
+        {
+            let mut c = self
+                .state
+                .lock()
+                .map_err(|_| "control connection limits unavailable".to_owned())?;
+            if c.total >= MAX_CONNECTIONS {
+                return Err(format!(
+                    "control socket busy: {MAX_CONNECTIONS} connections already open; try again"
+                ));
+            }
+            if uid != 0 {
+                let mine = c.per_uid.get(&uid).copied().unwrap_or(0);
+                if mine >= MAX_PER_USER {
+                    return Err(format!(
+                        "control socket busy: uid {uid} already has {MAX_PER_USER} connections open; try again"
+                    ));
+                }
+                if c.unprivileged >= MAX_CONNECTIONS - RESERVED_FOR_ROOT {
+                    return Err(format!(
+                        "control socket busy: {} connections of unprivileged users already open; try again",
+                        MAX_CONNECTIONS - RESERVED_FOR_ROOT
+                    ));
+                }
+                c.unprivileged += 1;
+                c.per_uid.insert(uid, mine + 1);
+            }
+            c.total += 1;
+        }
+        Ok(ConnSlot { limiter: self, uid })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let Ok(mut c) = self.limiter.state.lock() else {
+            return;
+        };
+        c.total = c.total.saturating_sub(1);
+        if self.uid != 0 {
+            c.unprivileged = c.unprivileged.saturating_sub(1);
+            if let Some(n) = c.per_uid.get_mut(&self.uid) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    c.per_uid.remove(&self.uid);
+                }
+            }
+        }
+    }
+}
+
+async fn handle(
+    gw: Arc<Gateway>,
+    stream: UnixStream,
+    cred: tokio::net::unix::UCred,
+) -> std::io::Result<()> {
+    let pid = cred.pid().and_then(|p| u32::try_from(p).ok());
+    // Pin down *which process* connected now, before the pid can be reused.
+    let process = PeerProcess::of(&stream, pid);
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(r.take(MAX_REQUEST as u64));
-    reader.read_line(&mut line).await?;
-    let response = match serde_json::from_str::<Request>(&line) {
-        Ok(req) => {
-            let caller = Caller {
-                uid: cred.uid(),
-                pid: cred.pid().and_then(|p| u32::try_from(p).ok()),
-            };
-            dispatch(&gw, caller, req)
-        }
-        Err(e) => Response::err(format!("malformed control request: {e}")),
+    let response = match tokio::time::timeout(REQUEST_DEADLINE, reader.read_line(&mut line)).await {
+        Err(_elapsed) => Response::err(format!(
+            "no complete control request within {} s",
+            REQUEST_DEADLINE.as_secs()
+        )),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+            Ok(req) => {
+                let caller = Caller {
+                    uid: cred.uid(),
+                    pid,
+                    process,
+                };
+                dispatch(&gw, &caller, req)
+            }
+            Err(e) => Response::err(format!("malformed control request: {e}")),
+        },
     };
-    let mut out = serde_json::to_vec(&response).unwrap_or_default();
-    out.push(b'\n');
-    w.write_all(&out).await?;
-    w.shutdown().await
+    let out = response.line();
+    match tokio::time::timeout(REPLY_DEADLINE, async {
+        w.write_all(&out).await?;
+        w.shutdown().await
+    })
+    .await
+    {
+        Ok(result) => result,
+        Err(_elapsed) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the caller did not take the reply",
+        )),
+    }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Caller {
     uid: u32,
     pid: Option<u32>,
+    /// The connecting process itself, as far as the kernel lets us hold it.
+    process: PeerProcess,
 }
 
-fn require_root(caller: Caller) -> Result<(), Response> {
+/// A handle on the process at the other end of the control connection,
+/// taken right after accept, so that acting on its pid later cannot hit
+/// another process that reused the number.
+#[derive(Debug)]
+enum PeerProcess {
+    /// SO_PEERPIDFD (Linux >= 6.5): a pidfd for the process that connected.
+    PidFd(OwnedFd),
+    /// Older kernels: the process's start time (field 22 of
+    /// /proc/PID/stat) right after accept; pid + start time name one process.
+    StartTime(u64),
+    /// Neither could be had: acting on the pid is refused.
+    Unknown(String),
+}
+
+/// `getsockopt(SOL_SOCKET, SO_PEERPIDFD)`; not in older libc headers.
+const SO_PEERPIDFD: libc::c_int = 77;
+
+impl PeerProcess {
+    fn of(stream: &impl std::os::fd::AsRawFd, pid: Option<u32>) -> Self {
+        match peer_pidfd(stream.as_raw_fd()) {
+            Ok(fd) => return Self::PidFd(fd),
+            // Only a kernel without SO_PEERPIDFD falls back. Any other
+            // error (the peer is already gone, ...) is final.
+            Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => {}
+            Err(e) => return Self::Unknown(format!("no pidfd for the caller: {e}")),
+        }
+        let Some(pid) = pid.filter(|&p| p != 0) else {
+            return Self::Unknown("the kernel did not report the caller's pid".into());
+        };
+        match start_time(pid) {
+            Ok(t) => Self::StartTime(t),
+            Err(e) => Self::Unknown(format!("cannot read the caller's start time: {e}")),
+        }
+    }
+
+    /// Checks, as late as possible before acting on `pid`, that it still
+    /// names the process that connected, and that this process's real uid
+    /// is `uid`.
+    fn verify(&self, pid: u32, uid: u32) -> Result<(), String> {
+        let gone = || format!("the calling process (pid {pid}) is gone");
+        let real_uid = real_uid(pid).map_err(|e| format!("{}: {e}", gone()))?;
+        if real_uid != uid {
+            return Err(format!(
+                "pid {pid} now runs as uid {real_uid}, not the caller's uid {uid}"
+            ));
+        }
+        match self {
+            Self::PidFd(fd) => match pidfd_alive(fd) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(gone()),
+                Err(e) => Err(format!("cannot check the calling process: {e}")),
+            },
+            Self::StartTime(then) => match start_time(pid) {
+                Ok(now) if now == *then => Ok(()),
+                Ok(_) => Err(format!(
+                    "{}: pid {pid} now belongs to another process",
+                    gone()
+                )),
+                Err(e) => Err(format!("{}: {e}", gone())),
+            },
+            Self::Unknown(why) => Err(format!("cannot identify the calling process: {why}")),
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn peer_pidfd(sock: std::os::fd::RawFd) -> std::io::Result<OwnedFd> {
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` and `len` are valid, writable and correctly sized for an
+    // int-valued socket option; `sock` is an open socket borrowed from its owner.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock,
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            std::ptr::addr_of_mut!(fd).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if fd < 0 {
+        return Err(std::io::Error::other("the kernel returned no pidfd"));
+    }
+    // SAFETY: getsockopt succeeded, so `fd` is a new pidfd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// pidfd_send_signal(fd, 0): whether the process is still alive (not
+/// exited: a pidfd never follows a reused pid).
+#[allow(unsafe_code)]
+fn pidfd_alive(fd: &OwnedFd) -> std::io::Result<bool> {
+    // SAFETY: signal 0 with a null siginfo and no flags only checks that the
+    // process exists; `fd` is an open pidfd we own.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ESRCH) => Ok(false),
+        // Exists, but we may not signal it (only when not root).
+        Some(libc::EPERM) => Ok(true),
+        _ => Err(e),
+    }
+}
+
+/// Field 22 of /proc/PID/stat: start time in clock ticks since boot.
+fn start_time(pid: u32) -> std::io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_start_time(&stat).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("unexpected /proc/{pid}/stat"),
+        )
+    })
+}
+
+fn parse_start_time(stat: &str) -> Option<u64> {
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so
+    // count fields after the last ')'. Field 3 (state) is the first there.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_ascii_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// The real uid from /proc/PID/status (`Uid: real effective saved fs`).
+fn real_uid(pid: u32) -> std::io::Result<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_ascii_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("no Uid line in /proc/{pid}/status"),
+            )
+        })
+}
+
+fn require_root(caller: &Caller) -> Result<(), Response> {
     if caller.uid == 0 {
         Ok(())
     } else {
@@ -209,7 +519,7 @@ fn require_root(caller: Caller) -> Result<(), Response> {
     }
 }
 
-fn dispatch(gw: &Arc<Gateway>, caller: Caller, req: Request) -> Response {
+fn dispatch(gw: &Arc<Gateway>, caller: &Caller, req: Request) -> Response {
     let result = match req {
         Request::Status => require_root(caller).map(|()| status(gw)),
         Request::SessionsList { agent, limit } => require_root(caller).and_then(|()| {
@@ -281,7 +591,7 @@ fn status(gw: &Gateway) -> Response {
     })
 }
 
-fn join(gw: &Gateway, caller: Caller, agent: &str) -> Result<Response, Response> {
+fn join(gw: &Gateway, caller: &Caller, agent: &str) -> Result<Response, Response> {
     let Some(spec) = gw.config.agent(agent) else {
         return Err(Response::err(format!(
             "unknown agent `{agent}`: it is not declared in {}",
@@ -294,9 +604,19 @@ fn join(gw: &Gateway, caller: Caller, agent: &str) -> Result<Response, Response>
             caller.uid
         )));
     }
+    // pid 0: the caller is in a pid namespace we cannot see into, and
+    // writing "0" to cgroup.procs would move the daemon itself.
     let pid = caller
         .pid
+        .filter(|&p| p != 0)
         .ok_or_else(|| Response::err("the kernel did not report the caller's pid"))?;
+    let verify = || {
+        caller
+            .process
+            .verify(pid, caller.uid)
+            .map_err(|e| Response::err(format!("refused to join agent `{agent}`: {e}")))
+    };
+    verify()?;
     let cgroup = gw
         .identity
         .cgroup_of(agent)
@@ -309,6 +629,9 @@ fn join(gw: &Gateway, caller: Caller, agent: &str) -> Result<Response, Response>
             "refused: the caller already runs as agent `{already}`; agents cannot change identity"
         )));
     }
+    // Last check before acting on the pid number: it must still be the
+    // process that connected (not a reuse of its pid), running as the caller.
+    verify()?;
     capture::cgroup::add_process(&cgroup, pid).map_err(|e| Response::err(e.to_string()))?;
     tracing::info!(agent, pid, uid = caller.uid, "process joined agent cgroup");
     // Unix sockets are created only where the kernel enforces a non-empty
@@ -363,4 +686,122 @@ fn pin(gw: &Gateway, agent: &str, cgroup: &Path) -> Result<Response, Response> {
         cgroup_id: attached.id,
         links: attached.links,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_is_field_22_even_with_parentheses_in_comm() {
+        let stat = "4242 (a) b) (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 200 18446744073709551615";
+        assert_eq!(parse_start_time(stat), Some(987_654));
+        assert_eq!(parse_start_time("4242 (x) S 1"), None);
+        let own = start_time(std::process::id());
+        assert!(matches!(own, Ok(t) if t > 0), "{own:?}");
+    }
+
+    #[test]
+    fn connection_caps_keep_room_for_root_and_other_users() {
+        let limiter = Arc::new(ConnLimiter::default());
+        let mut held = Vec::new();
+        for _ in 0..MAX_PER_USER {
+            held.push(limiter.clone().try_take(1000).map_err(|e| e.to_string()));
+        }
+        assert!(held.iter().all(Result::is_ok));
+        assert!(limiter.clone().try_take(1000).is_err(), "per-user cap");
+        // Other unprivileged users fill what is not reserved for root.
+        let unprivileged = MAX_CONNECTIONS - RESERVED_FOR_ROOT;
+        let mut uid = 2000;
+        while held.len() < unprivileged {
+            if let Ok(slot) = limiter.clone().try_take(uid) {
+                held.push(Ok(slot));
+            } else {
+                uid += 1;
+            }
+        }
+        assert!(
+            limiter.clone().try_take(uid + 1).is_err(),
+            "unprivileged cap"
+        );
+        let mut root = Vec::new();
+        for _ in 0..RESERVED_FOR_ROOT {
+            root.push(limiter.clone().try_take(0));
+        }
+        assert!(root.iter().all(Result::is_ok), "root's reserve");
+        assert!(limiter.clone().try_take(0).is_err(), "global cap");
+        // Closing a connection frees its place.
+        root.pop();
+        assert!(limiter.clone().try_take(0).is_ok());
+        drop(held);
+        assert!(limiter.clone().try_take(1000).is_ok());
+        let counts = limiter.state.lock().map(|c| c.per_uid.len()).unwrap_or(99);
+        assert_eq!(counts, 0, "per-uid entries are removed when they reach 0");
+    }
+
+    #[test]
+    fn busy_is_only_on_the_wire_when_set() {
+        let plain = String::from_utf8_lossy(&Response::err("x").line()).into_owned();
+        assert!(!plain.contains("busy"), "{plain}");
+        let busy: Result<Response, _> = serde_json::from_slice(&Response::busy("x").line());
+        assert!(matches!(busy, Ok(r) if r.busy && !r.ok));
+        let old: Result<Response, _> = serde_json::from_str(r#"{"ok":false,"error":"e"}"#);
+        assert!(matches!(old, Ok(r) if !r.busy));
+    }
+
+    fn own_uid() -> u32 {
+        real_uid(std::process::id()).unwrap_or(u32::MAX)
+    }
+
+    #[test]
+    fn peer_process_of_a_live_peer_verifies() {
+        let Ok((a, _b)) = std::os::unix::net::UnixStream::pair() else {
+            unreachable!("socketpair")
+        };
+        let me = std::process::id();
+        let p = PeerProcess::of(&a, Some(me));
+        assert!(!matches!(p, PeerProcess::Unknown(_)), "{p:?}");
+        assert_eq!(p.verify(me, own_uid()), Ok(()));
+        let wrong = own_uid().wrapping_add(1);
+        assert!(p
+            .verify(me, wrong)
+            .is_err_and(|e| e.contains("not the caller's uid")));
+    }
+
+    #[allow(unsafe_code)]
+    fn pidfd_open(pid: u32) -> OwnedFd {
+        // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+        // SAFETY: a new pidfd owned by nobody else.
+        unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }
+    }
+
+    #[test]
+    fn a_process_that_exited_no_longer_verifies() {
+        let Ok(mut child) = std::process::Command::new("sleep").arg("30").spawn() else {
+            unreachable!("spawn sleep")
+        };
+        let pid = child.id();
+        let by_fd = PeerProcess::PidFd(pidfd_open(pid));
+        let by_time = start_time(pid).map(PeerProcess::StartTime);
+        let Ok(by_time) = by_time else {
+            unreachable!("start time of {pid}")
+        };
+        assert_eq!(by_fd.verify(pid, own_uid()), Ok(()));
+        assert_eq!(by_time.verify(pid, own_uid()), Ok(()));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(by_fd.verify(pid, own_uid()).is_err());
+        assert!(by_time.verify(pid, own_uid()).is_err());
+        // A different start time at the same pid is another process.
+        let me = std::process::id();
+        let other = PeerProcess::StartTime(start_time(me).unwrap_or(0) + 1);
+        assert!(other
+            .verify(me, own_uid())
+            .is_err_and(|e| e.contains("another process")));
+        assert!(PeerProcess::Unknown("x".into())
+            .verify(me, own_uid())
+            .is_err());
+    }
 }

@@ -10,16 +10,20 @@ pub mod splice;
 pub mod tcp;
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, RwLock,
+        Arc, Mutex, OnceLock, RwLock,
     },
     time::Duration,
 };
 
 use time::OffsetDateTime;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::{
+    net::{TcpListener, TcpSocket, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
 use tracing::{info, warn, Instrument as _};
 
 use crate::{
@@ -33,12 +37,183 @@ use crate::{
 /// Accept backlog: a connect storm must not overflow the queue.
 const BACKLOG: u32 = 8192;
 
-/// Counters shown by `cordon status`.
+/// Counters shown by `cordon status`, and the session slots that bound
+/// how many sessions may be open at once.
 #[derive(Default)]
 pub struct Stats {
     pub allowed: AtomicU64,
     pub denied: AtomicU64,
     pub active: AtomicU64,
+    pub slots: Slots,
+}
+
+/// File descriptors one proxied session holds: the agent and upstream
+/// sockets and two pipes (pooled pipes are bounded by the peak number of
+/// sessions, so they are covered too).
+pub const FDS_PER_SESSION: u64 = 6;
+
+/// File descriptors kept out of the session budget: the listeners, the
+/// control socket and its connections, the session store, BPF programs,
+/// maps and links, connections not yet admitted.
+const RESERVED_FDS: u64 = 512;
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (at most fs.nr_open)
+/// and returns the soft
+/// limit now in force (logged), or None if it cannot be read. Every session
+/// costs [`FDS_PER_SESSION`] descriptors. Called by [`bind`]; calling it
+/// again does nothing more.
+pub fn raise_fd_limit() -> Option<u64> {
+    static RAISED: OnceLock<Option<u64>> = OnceLock::new();
+    *RAISED.get_or_init(|| {
+        let mut lim = match nofile_limit() {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "cannot read the open-file limit (RLIMIT_NOFILE)");
+                return None;
+            }
+        };
+        // An unlimited hard limit cannot be the soft one: the kernel caps
+        // open files at fs.nr_open.
+        let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map_or(lim.rlim_max, |nr_open| lim.rlim_max.min(nr_open));
+        if lim.rlim_cur < ceiling {
+            let wanted = libc::rlimit {
+                rlim_cur: ceiling,
+                rlim_max: lim.rlim_max,
+            };
+            match set_nofile_limit(&wanted).and_then(|()| nofile_limit()) {
+                Ok(now) => lim = now,
+                Err(e) => warn!(
+                    error = %e,
+                    soft = lim.rlim_cur,
+                    hard = lim.rlim_max,
+                    "cannot raise the open-file limit"
+                ),
+            }
+        }
+        info!(
+            soft = lim.rlim_cur,
+            hard = lim.rlim_max,
+            sessions = lim.rlim_cur.saturating_sub(RESERVED_FDS) / FDS_PER_SESSION,
+            "open-file limit (RLIMIT_NOFILE) in force, and the sessions it can hold"
+        );
+        Some(lim.rlim_cur)
+    })
+}
+
+#[allow(unsafe_code)]
+fn nofile_limit() -> std::io::Result<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if rc == 0 {
+        Ok(lim)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[allow(unsafe_code)]
+fn set_nofile_limit(lim: &libc::rlimit) -> std::io::Result<()> {
+    // SAFETY: `lim` points to a valid rlimit for the duration of the call.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, lim) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Bounds on concurrent sessions: one semaphore for the whole daemon, one
+/// per agent. Sized from the config (and the open-file limit) on first use;
+/// permits are taken with `try_acquire`, never waited for.
+#[derive(Default)]
+pub struct Slots {
+    global: OnceLock<(Arc<Semaphore>, usize)>,
+    per_agent: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// Held for the life of a session; dropping it frees the slots.
+pub struct SessionPermit {
+    _agent: OwnedSemaphorePermit,
+    _global: OwnedSemaphorePermit,
+}
+
+impl Slots {
+    /// The global semaphore and its size: `max_sessions`, lowered to what
+    /// the open-file limit can hold (a session refused with a reset is
+    /// better than `accept` failing with EMFILE for every agent).
+    fn global(&self, config: &Config) -> &(Arc<Semaphore>, usize) {
+        self.global.get_or_init(|| {
+            let configured = config.daemon.max_sessions;
+            let mut size = configured;
+            match nofile_limit() {
+                Ok(lim) => {
+                    let fits = lim.rlim_cur.saturating_sub(RESERVED_FDS) / FDS_PER_SESSION;
+                    let fits = usize::try_from(fits).unwrap_or(usize::MAX).max(1);
+                    if fits < configured {
+                        warn!(
+                            max_sessions = configured,
+                            open_file_limit = lim.rlim_cur,
+                            effective = fits,
+                            "the open-file limit cannot hold max_sessions sessions ({FDS_PER_SESSION} descriptors each): capping concurrent sessions"
+                        );
+                        size = fits;
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot read the open-file limit"),
+            }
+            let size = size.min(Semaphore::MAX_PERMITS);
+            info!(
+                max_sessions = size,
+                max_sessions_per_agent = config.daemon.max_sessions_per_agent,
+                "concurrent session limits"
+            );
+            (Arc::new(Semaphore::new(size)), size)
+        })
+    }
+
+    /// Sizes the semaphores now, so the effective limits are logged at
+    /// start-up rather than on the first connection.
+    pub fn init(&self, config: &Config) {
+        self.global(config);
+    }
+
+    /// A slot for one more session of `agent`, or the refusal naming the
+    /// limit that is reached.
+    pub fn try_take(&self, config: &Config, agent: &str) -> Result<SessionPermit, String> {
+        let per_agent_limit = config.daemon.max_sessions_per_agent;
+        let agent_sem = {
+            let mut map = self
+                .per_agent
+                .lock()
+                .map_err(|_| "session limits unavailable (lock poisoned)".to_owned())?;
+            match map.get(agent) {
+                Some(sem) => sem.clone(),
+                None => {
+                    let sem = Arc::new(Semaphore::new(per_agent_limit.min(Semaphore::MAX_PERMITS)));
+                    map.insert(agent.to_owned(), sem.clone());
+                    sem
+                }
+            }
+        };
+        let agent_permit = agent_sem.try_acquire_owned().map_err(|_| {
+            format!("too many concurrent sessions for agent `{agent}` (limit {per_agent_limit})")
+        })?;
+        let (global_sem, global_limit) = self.global(config);
+        let global_permit = global_sem.clone().try_acquire_owned().map_err(|_| {
+            format!("too many concurrent sessions on this daemon (limit {global_limit})")
+        })?;
+        Ok(SessionPermit {
+            _agent: agent_permit,
+            _global: global_permit,
+        })
+    }
 }
 
 /// Everything a connection needs, shared by all of them.
@@ -53,8 +228,10 @@ pub struct Gateway {
     pub deferred: audit::Deferred,
 }
 
-/// Binds the proxy on the configured IPv4 address and on `[::1]`, same port.
+/// Binds the proxy on the configured IPv4 address and on `[::1]`, same port,
+/// after raising the open-file limit for the sessions to come.
 pub fn bind(listen: SocketAddr) -> std::io::Result<Vec<TcpListener>> {
+    raise_fd_limit();
     let v6 = SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), listen.port());
     let mut out = Vec::new();
     for addr in [listen, v6] {
@@ -72,6 +249,7 @@ pub fn bind(listen: SocketAddr) -> std::io::Result<Vec<TcpListener>> {
 }
 
 pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
+    gw.stats.slots.init(&gw.config);
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -155,7 +333,7 @@ async fn handle(gw: Arc<Gateway>, stream: TcpStream, peer: SocketAddr) {
         };
         tracing::Span::current().record("dst", tracing::field::display(attested.orig_dst));
         let mut record = base_record(id, started, Some(&attested));
-        let admitted = match admit(&gw, &attested, &mut record, started) {
+        let (admitted, permit) = match admit(&gw, &attested, &mut record, started) {
             Ok(a) => a,
             Err(refusal) => return refuse(&gw, stream, record, refusal.reason),
         };
@@ -188,6 +366,9 @@ async fn handle(gw: Arc<Gateway>, stream: TcpStream, peer: SocketAddr) {
         };
         record.ended_at = Some(crate::rfc3339(OffsetDateTime::now_utc()));
         gw.stats.active.fetch_sub(1, Ordering::Relaxed);
+        // Both sockets and pipes are closed (or back in the pool): the
+        // session's slots are free again.
+        drop(permit);
         tracing::debug!(
             up = record.bytes_up,
             down = record.bytes_down,
@@ -200,17 +381,23 @@ async fn handle(gw: Arc<Gateway>, stream: TcpStream, peer: SocketAddr) {
     .await
 }
 
-/// identity -> resource -> grant. Fills in the record as it learns.
+/// identity -> session slots -> resource -> grant. Fills in the record as
+/// it learns. The permit holds the session's slots until it is dropped.
 fn admit(
     gw: &Gateway,
     attested: &Attested,
     record: &mut Session,
     now: OffsetDateTime,
-) -> Result<Admitted, Refusal> {
+) -> Result<(Admitted, SessionPermit), Refusal> {
     let principal = gw.identity.resolve(attested)?;
     record.agent = Some(principal.agent.to_string());
     record.cgroup = Some(principal.agent_cgroup.display().to_string());
     tracing::Span::current().record("agent", principal.agent.as_str());
+    let permit = gw
+        .stats
+        .slots
+        .try_take(&gw.config, principal.agent.as_str())
+        .map_err(|reason| Refusal { reason })?;
     let resource = gw
         .config
         .resource_at(attested.orig_dst)
@@ -224,11 +411,14 @@ fn admit(
     record.resource = Some(resource.name.clone());
     record.protocol = Some(resource.protocol.as_str().to_owned());
     let grant = grants::check(&gw.config, &principal.agent, &resource.name, now)?;
-    Ok(Admitted {
-        principal,
-        resource,
-        grant,
-    })
+    Ok((
+        Admitted {
+            principal,
+            resource,
+            grant,
+        },
+        permit,
+    ))
 }
 
 fn base_record(id: SessionId, started: OffsetDateTime, attested: Option<&Attested>) -> Session {
@@ -278,5 +468,45 @@ pub fn reset(stream: TcpStream) {
         let sock = socket2::SockRef::from(&std);
         let _ = sock.set_linger(Some(Duration::ZERO));
         drop(std);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(daemon_keys: &str) -> Config {
+        let text = format!(
+            "[daemon]\nstate_dir = \"/tmp/s\"\ncontrol_socket = \"/tmp/c.sock\"\n{daemon_keys}\n"
+        );
+        match Config::parse(std::path::Path::new("t.toml"), &text) {
+            Ok(c) => c,
+            Err(e) => unreachable!("{e}"),
+        }
+    }
+
+    #[test]
+    fn session_slots_are_bounded_per_agent_and_globally() {
+        let cfg = config("max_sessions = 3\nmax_sessions_per_agent = 2");
+        let slots = Slots::default();
+        let a1 = slots.try_take(&cfg, "a");
+        let a2 = slots.try_take(&cfg, "a");
+        assert!(a1.is_ok() && a2.is_ok());
+        assert_eq!(
+            slots.try_take(&cfg, "a").err(),
+            Some("too many concurrent sessions for agent `a` (limit 2)".to_owned())
+        );
+        let b1 = slots.try_take(&cfg, "b");
+        assert!(b1.is_ok());
+        assert_eq!(
+            slots.try_take(&cfg, "b").err(),
+            Some("too many concurrent sessions on this daemon (limit 3)".to_owned())
+        );
+        // A refused attempt holds nothing; an ended session frees its slots.
+        drop(a1);
+        assert!(slots.try_take(&cfg, "b").is_ok());
+        drop((a2, b1));
+        let again: Vec<_> = (0..2).map(|_| slots.try_take(&cfg, "a")).collect();
+        assert!(again.iter().all(Result::is_ok));
     }
 }

@@ -1,6 +1,7 @@
 //! `protocol = "tcp"` handler: after the connection-level checks, connect
-//! upstream and relay bytes both ways, counting them, until either side
-//! closes or the grant runs out. The phases other handlers (postgres, ssh,
+//! upstream and relay bytes both ways, counting them, until both sides
+//! close, either side fails, the grant runs out, or one side has been
+//! closed for `half_close_timeout` while the other stays open. The phases other handlers (postgres, ssh,
 //! http) also go through: upstream connect, relay with per-command policy,
 //! and the end record.
 
@@ -24,6 +25,8 @@ pub enum End {
     AgentError(String),
     UpstreamError(String),
     GrantExpired,
+    /// One direction reached EOF and the other stayed open this long.
+    HalfClosed(std::time::Duration),
     Internal(String),
 }
 
@@ -35,6 +38,7 @@ impl End {
             End::AgentError(e) => format!("agent side failed: {e}"),
             End::UpstreamError(e) => format!("upstream side failed: {e}"),
             End::GrantExpired => "grant expired: session closed by cordon".into(),
+            End::HalfClosed(d) => format!("half-closed for {} s: closed by cordon", d.as_secs()),
         }
     }
 }
@@ -103,22 +107,13 @@ pub async fn serve(
     let pool = &gw.pipes;
     let end = match (pool.take(), pool.take()) {
         (Ok(up_pipe), Ok(down_pipe)) => {
-            let relay = async {
-                let (a, b) = tokio::join!(
-                    splice::pump(&agent, &upstream, &up_pipe, &up),
-                    splice::pump(&upstream, &agent, &down_pipe, &down)
-                );
-                // The first failure, else a clean close.
-                match (a, b) {
-                    (Err(PumpError::Read(e)), _) => End::AgentError(e.to_string()),
-                    (Err(PumpError::Write(e)), _) => End::UpstreamError(e.to_string()),
-                    (_, Err(PumpError::Read(e))) => End::UpstreamError(e.to_string()),
-                    (_, Err(PumpError::Write(e))) => End::AgentError(e.to_string()),
-                    (Ok(()), Ok(())) => End::Closed,
-                }
-            };
+            let relaying = relay(
+                splice::pump(&agent, &upstream, &up_pipe, &up),
+                splice::pump(&upstream, &agent, &down_pipe, &down),
+                gw.config.daemon.half_close_timeout,
+            );
             let end = tokio::select! {
-                end = relay => end,
+                end = relaying => end,
                 () = tokio::time::sleep_until(deadline) => End::GrantExpired,
             };
             // Both pumps ran to EOF, so both pipes are empty: reuse them.
@@ -132,10 +127,118 @@ pub async fn serve(
     };
     record.bytes_up = up.load(Ordering::Relaxed);
     record.bytes_down = down.load(Ordering::Relaxed);
-    if end == End::GrantExpired {
-        reset(agent);
-        tracing::info!("grant expired: live session closed");
+    match end {
+        End::GrantExpired => {
+            reset(agent);
+            tracing::info!("grant expired: live session closed");
+        }
+        End::HalfClosed(_) => {
+            // Cut, not finished: both peers see a reset rather than a clean
+            // close of the direction that was still open.
+            reset(agent);
+            reset(upstream);
+            tracing::info!("half-closed session timed out: closed");
+        }
+        _ => {}
     }
     record.end_reason = Some(end.describe());
     record
+}
+
+/// Runs both directions of a relay. Both directions run until EOF (full
+/// duplex, no idle timeout); once one has reached EOF the other gets
+/// `half_close` to finish. The first I/O error ends the relay.
+async fn relay(
+    up: impl std::future::Future<Output = Result<(), PumpError>>,
+    down: impl std::future::Future<Output = Result<(), PumpError>>,
+    half_close: std::time::Duration,
+) -> End {
+    // Errors of the agent -> upstream pump: reading is the agent's side.
+    let up_err = |e: PumpError| match e {
+        PumpError::Read(e) => End::AgentError(e.to_string()),
+        PumpError::Write(e) => End::UpstreamError(e.to_string()),
+    };
+    let down_err = |e: PumpError| match e {
+        PumpError::Read(e) => End::UpstreamError(e.to_string()),
+        PumpError::Write(e) => End::AgentError(e.to_string()),
+    };
+    tokio::pin!(up, down);
+    let rest = tokio::select! {
+        r = &mut up => match r {
+            Ok(()) => tokio::time::timeout(half_close, &mut down).await.map(|r| r.map_err(down_err)),
+            Err(e) => return up_err(e),
+        },
+        r = &mut down => match r {
+            Ok(()) => tokio::time::timeout(half_close, &mut up).await.map(|r| r.map_err(up_err)),
+            Err(e) => return down_err(e),
+        },
+    };
+    match rest {
+        Ok(Ok(())) => End::Closed,
+        Ok(Err(end)) => end,
+        Err(_elapsed) => End::HalfClosed(half_close),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn io_err() -> std::io::Error {
+        std::io::Error::from(std::io::ErrorKind::ConnectionReset)
+    }
+
+    #[tokio::test]
+    async fn half_closed_relay_ends_after_the_grace_period() {
+        assert_eq!(
+            End::HalfClosed(Duration::from_secs(60)).describe(),
+            "half-closed for 60 s: closed by cordon".to_owned()
+        );
+        let grace = Duration::from_millis(50);
+        let end = relay(async { Ok(()) }, std::future::pending(), grace).await;
+        assert_eq!(end, End::HalfClosed(grace));
+        let end = relay(std::future::pending(), async { Ok(()) }, grace).await;
+        assert_eq!(end, End::HalfClosed(grace));
+    }
+
+    #[tokio::test]
+    async fn other_direction_finishing_within_the_grace_period_is_a_clean_close() {
+        let end = relay(
+            async { Ok(()) },
+            async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(())
+            },
+            Duration::from_secs(60),
+        )
+        .await;
+        assert_eq!(end, End::Closed);
+    }
+
+    #[tokio::test]
+    async fn open_sessions_have_no_idle_timeout_and_errors_end_at_once() {
+        let open = relay(
+            std::future::pending(),
+            std::future::pending(),
+            Duration::from_millis(10),
+        );
+        assert!(tokio::time::timeout(Duration::from_millis(200), open)
+            .await
+            .is_err());
+        let end = relay(
+            async { Err(PumpError::Write(io_err())) },
+            std::future::pending(),
+            Duration::from_secs(1),
+        )
+        .await;
+        assert!(matches!(end, End::UpstreamError(_)), "{end:?}");
+        let end = relay(
+            std::future::pending(),
+            async { Err(PumpError::Write(io_err())) },
+            Duration::from_secs(1),
+        )
+        .await;
+        assert!(matches!(end, End::AgentError(_)), "{end:?}");
+    }
 }

@@ -27,6 +27,21 @@ usage: cordon-probe COMMAND [ARGS]
   spawn-child COMMAND [ARGS]     (runs this probe again as a child process)
   hold ADDR SECONDS [--timeout-ms MS]
   uring                          (io_uring_setup(2) with 8 entries)
+  userns                         (unshare/clone with each CLONE_NEW* flag, clone3, setns)
+  mount                          (each mount-family syscall, with harmless arguments)
+  plunder PID|child              (ptrace attach, process_vm_readv/writev (the write to an
+                                  unmapped address: EFAULT when allowed), pidfd_getfd, kcmp,
+                                  /proc/PID/maps, /proc/PID/mem for writing; `child`: on
+                                  a `sleep` this probe starts)
+  ipopts                         (setsockopt of IPv6 routing/extension headers and of
+                                  IP_OPTIONS: source route, and record route as IP_OPTIONS_RR)
+  x32                            (getpid with the x32 syscall bit set)
+  thread                         (starts and joins a thread)
+  rename                         (link/rename across directories under /tmp)
+  idle SECONDS                   (prints its line first, then sleeps)
+  no-landlock ERRNO COMMAND [ARGS]
+                                 (execs COMMAND with landlock_create_ruleset failing with
+                                  ERRNO, as on a kernel without Landlock)
 ADDR is IP:PORT, [IPV6]:PORT or [::ffff:A.B.C.D]:PORT (host names are resolved).
 Each command prints one JSON line and exits 0; bad arguments exit 2.
 Every JSON line carries \"pid\": the id of the process that printed it;
@@ -161,6 +176,58 @@ fn dispatch(args: &[String]) -> ArgResult<Outcome> {
         "uring" => {
             Args::parse(rest, &[], &[])?.positional::<0>()?;
             uring()
+        }
+        "userns" => {
+            Args::parse(rest, &[], &[])?.positional::<0>()?;
+            confine::userns()
+        }
+        "mount" => {
+            Args::parse(rest, &[], &[])?.positional::<0>()?;
+            confine::mount()
+        }
+        "plunder" => {
+            let [target] = Args::parse(rest, &[], &[])?.positional::<1>()?;
+            confine::plunder(&target)?
+        }
+        "ipopts" => {
+            Args::parse(rest, &[], &[])?.positional::<0>()?;
+            confine::ipopts()
+        }
+        "x32" => {
+            Args::parse(rest, &[], &[])?.positional::<0>()?;
+            confine::x32()
+        }
+        "thread" => {
+            Args::parse(rest, &[], &[])?.positional::<0>()?;
+            confine::thread()
+        }
+        "rename" => {
+            Args::parse(rest, &[], &[])?.positional::<0>()?;
+            confine::rename()
+        }
+        "no-landlock" => {
+            let Some((errno, command)) = rest.split_first() else {
+                return Err("no-landlock needs ERRNO and a command".to_owned());
+            };
+            let errno: u32 = errno
+                .parse()
+                .map_err(|_| format!("ERRNO must be a number, not {errno:?}"))?;
+            if command.is_empty() {
+                return Err("no-landlock needs a command to run".to_owned());
+            }
+            return Ok(confine::no_landlock(errno, command));
+        }
+        "idle" => {
+            let [seconds] = Args::parse(rest, &[], &[])?.positional::<1>()?;
+            let seconds: u64 = seconds
+                .parse()
+                .map_err(|_| format!("SECONDS must be a non-negative integer, not {seconds:?}"))?;
+            let mut line = json!({"op": "idle", "ok": true});
+            with_pid(&mut line);
+            println!("{line}");
+            let _ = io::stdout().flush();
+            std::thread::sleep(Duration::from_secs(seconds));
+            return Ok(Outcome::Exit(0));
         }
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
@@ -837,6 +904,642 @@ fn hold(addr: SocketAddr, seconds: Duration, timeout: Duration) -> Value {
         "errno": error.as_ref().and_then(io::Error::raw_os_error),
         "received_bytes": received_bytes,
     })
+}
+
+// ---------------------------------------------------------------------------
+// confinement: what `cordon run` refuses beyond sockets (namespaces, mounts,
+// other processes, IP options, other ABIs), and what it must keep working
+
+mod confine {
+    use std::ffi::CString;
+    use std::fs;
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::process::{Command, Stdio};
+
+    use serde_json::{json, Map, Value};
+
+    use super::{errno_of, new_socket, ArgResult};
+
+    /// `CLONE_NEW*` flags, by name.
+    const CLONE_NEW: [(&str, libc::c_int); 7] = [
+        ("CLONE_NEWNS", libc::CLONE_NEWNS),
+        ("CLONE_NEWCGROUP", libc::CLONE_NEWCGROUP),
+        ("CLONE_NEWUTS", libc::CLONE_NEWUTS),
+        ("CLONE_NEWIPC", libc::CLONE_NEWIPC),
+        ("CLONE_NEWUSER", libc::CLONE_NEWUSER),
+        ("CLONE_NEWPID", libc::CLONE_NEWPID),
+        ("CLONE_NEWNET", libc::CLONE_NEWNET),
+    ];
+
+    /// `{"ok":true,"errno":null}` or `{"ok":false,"errno":N,"error":...}`.
+    fn done() -> Value {
+        json!({"ok": true, "errno": null})
+    }
+
+    fn error(e: &io::Error) -> Value {
+        json!({"ok": false, "errno": errno_of(e), "error": e.to_string()})
+    }
+
+    /// The result of a raw syscall: negative means failed, with errno.
+    fn attempt(rc: libc::c_long) -> Value {
+        if rc < 0 {
+            error(&io::Error::last_os_error())
+        } else {
+            done()
+        }
+    }
+
+    /// Closes a descriptor a raw syscall returned, if it returned one.
+    fn close_returned(rc: libc::c_long) {
+        if let Ok(fd) = libc::c_int::try_from(rc) {
+            if fd >= 0 {
+                // SAFETY: fd was just returned to us by the kernel; nothing
+                // else owns it.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+
+    /// Waits for child `pid` that reports 0 (success) or an errno as its
+    /// exit code.
+    fn reap(pid: libc::pid_t) -> Value {
+        let mut status = 0;
+        // SAFETY: status is a live c_int.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return json!({"ok": false, "errno": null, "error": format!("waitpid: {e}")});
+        }
+        if libc::WIFEXITED(status) {
+            match libc::WEXITSTATUS(status) {
+                0 => done(),
+                code => error(&io::Error::from_raw_os_error(code)),
+            }
+        } else {
+            json!({"ok": false, "errno": null, "signal": libc::WTERMSIG(status)})
+        }
+    }
+
+    /// Runs `f` in a forked child, so whatever it changes (a namespace it
+    /// entered) dies with the child; the child exits 0 on success or with
+    /// the errno.
+    fn in_child(f: impl FnOnce() -> libc::c_long) -> Value {
+        // SAFETY: the probe is single-threaded; the child makes raw syscalls
+        // only and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return error(&io::Error::last_os_error());
+        }
+        if pid == 0 {
+            let rc = f();
+            let code = if rc < 0 {
+                io::Error::last_os_error().raw_os_error().unwrap_or(255)
+            } else {
+                0
+            };
+            // SAFETY: leaves the child at once, without running any Rust
+            // cleanup on the parent's copied state.
+            unsafe { libc::_exit(code) }
+        }
+        reap(pid)
+    }
+
+    /// `clone(flags | SIGCHLD)` like fork: the child _exits at once.
+    fn raw_clone(flags: libc::c_int) -> Value {
+        let flags = (flags | libc::SIGCHLD) as libc::c_ulong;
+        // SAFETY: without CLONE_VM the child runs on a copy of this address
+        // space (and of the stack, as newsp is 0), like fork; it only _exits.
+        let rc = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+        if rc == 0 {
+            // SAFETY: in the child: leave at once.
+            unsafe { libc::_exit(0) }
+        }
+        if rc < 0 {
+            return error(&io::Error::last_os_error());
+        }
+        reap(rc as libc::pid_t)
+    }
+
+    /// struct clone_args, CLONE_ARGS_SIZE_VER0 (64 bytes).
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+    }
+
+    /// `clone3` like fork: the child _exits at once.
+    fn raw_clone3(flags: libc::c_int) -> Value {
+        let args = CloneArgs {
+            flags: flags as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            ..CloneArgs::default()
+        };
+        // SAFETY: args is a live clone_args of the size passed; without
+        // CLONE_VM and with no stack the child runs on a copy of this address
+        // space, like fork; it only _exits.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                std::ptr::from_ref(&args),
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        if rc == 0 {
+            // SAFETY: in the child: leave at once.
+            unsafe { libc::_exit(0) }
+        }
+        if rc < 0 {
+            return error(&io::Error::last_os_error());
+        }
+        reap(rc as libc::pid_t)
+    }
+
+    pub fn userns() -> Value {
+        let mut unshare = Map::new();
+        let mut clone = Map::new();
+        for (name, flag) in CLONE_NEW {
+            // SAFETY: unshare takes an integer; it runs in a throwaway child.
+            let r = in_child(|| libc::c_long::from(unsafe { libc::unshare(flag) }));
+            unshare.insert(name.to_owned(), r);
+            clone.insert(name.to_owned(), raw_clone(flag));
+        }
+        let setns = in_child(|| {
+            let fd = match fs::File::open("/proc/self/ns/net") {
+                Ok(f) => f,
+                Err(e) => {
+                    // SAFETY: sets this thread's errno for the caller.
+                    unsafe { *libc::__errno_location() = e.raw_os_error().unwrap_or(libc::EIO) };
+                    return -1;
+                }
+            };
+            // SAFETY: fd is an open namespace file; joining the namespace we
+            // are already in changes nothing (and happens in a child).
+            libc::c_long::from(unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) })
+        });
+        json!({
+            "op": "userns",
+            "unshare": unshare,
+            "clone": clone,
+            "clone_plain": raw_clone(0),
+            "clone3": raw_clone3(0),
+            "clone3_newuser": raw_clone3(libc::CLONE_NEWUSER),
+            "setns": setns,
+        })
+    }
+
+    fn cstring(s: &str) -> CString {
+        CString::new(s).unwrap_or_default()
+    }
+
+    /// The mount family, each with arguments that change nothing for long: a
+    /// tmpfs mounted on a fresh directory is unmounted straight away.
+    pub fn mount() -> Value {
+        let dir = format!("/tmp/cordon-probe-mnt-{}", std::process::id());
+        if let Err(e) = fs::create_dir(&dir) {
+            return json!({"op": "mount", "ok": false, "errno": errno_of(&e), "error": e.to_string()});
+        }
+        let c_dir = cstring(&dir);
+        let root = cstring("/");
+        let empty = cstring("");
+        let tmpfs = cstring("tmpfs");
+        let none = cstring("none");
+        let mut out = Map::new();
+
+        // SAFETY: all strings are NUL-terminated and outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                none.as_ptr(),
+                c_dir.as_ptr(),
+                tmpfs.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        out.insert("mount".into(), attempt(rc.into()));
+        if rc == 0 {
+            // SAFETY: as above.
+            unsafe { libc::umount2(c_dir.as_ptr(), 0) };
+        }
+        // Not a mount point (any more): EINVAL when allowed.
+        // SAFETY: as above.
+        let rc = unsafe { libc::umount2(c_dir.as_ptr(), 0) };
+        out.insert("umount2".into(), attempt(rc.into()));
+        // Without OPEN_TREE_CLONE: an O_PATH descriptor, no privilege needed.
+        // SAFETY: as above; a returned fd is closed.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                root.as_ptr(),
+                libc::O_CLOEXEC as libc::c_uint,
+            )
+        };
+        out.insert("open_tree".into(), attempt(rc));
+        close_returned(rc);
+        // open_tree_attr (Linux 6.15, 467 everywhere), no attributes.
+        // SAFETY: as above; a null attr with size 0 is valid.
+        let rc = unsafe {
+            libc::syscall(
+                467 as libc::c_long,
+                libc::AT_FDCWD,
+                root.as_ptr(),
+                libc::O_CLOEXEC as libc::c_uint,
+                std::ptr::null::<u8>(),
+                0usize,
+            )
+        };
+        out.insert("open_tree_attr".into(), attempt(rc));
+        close_returned(rc);
+        // SAFETY: bad descriptors: nothing can move.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                -1,
+                empty.as_ptr(),
+                -1,
+                empty.as_ptr(),
+                0u32,
+            )
+        };
+        out.insert("move_mount".into(), attempt(rc));
+        // SAFETY: as above; FSOPEN_CLOEXEC; a returned fd is closed unused.
+        let rc = unsafe { libc::syscall(libc::SYS_fsopen, tmpfs.as_ptr(), 1u32) };
+        out.insert("fsopen".into(), attempt(rc));
+        close_returned(rc);
+        // SAFETY: a bad descriptor (FSCONFIG_CMD_CREATE = 6 on nothing).
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                -1,
+                6u32,
+                std::ptr::null::<u8>(),
+                std::ptr::null::<u8>(),
+                0,
+            )
+        };
+        out.insert("fsconfig".into(), attempt(rc));
+        // SAFETY: a bad descriptor.
+        let rc = unsafe { libc::syscall(libc::SYS_fsmount, -1, 0u32, 0u32) };
+        out.insert("fsmount".into(), attempt(rc));
+        close_returned(rc);
+        // SAFETY: as above; FSPICK_CLOEXEC; a returned fd is closed unused.
+        let rc = unsafe { libc::syscall(libc::SYS_fspick, libc::AT_FDCWD, root.as_ptr(), 1u32) };
+        out.insert("fspick".into(), attempt(rc));
+        close_returned(rc);
+        // SAFETY: a bad descriptor and no attributes.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                -1,
+                empty.as_ptr(),
+                0u32,
+                std::ptr::null::<u8>(),
+                0usize,
+            )
+        };
+        out.insert("mount_setattr".into(), attempt(rc));
+        // The fresh directory is no mount point: EINVAL when allowed.
+        // SAFETY: as above.
+        let rc = unsafe { libc::syscall(libc::SYS_pivot_root, c_dir.as_ptr(), c_dir.as_ptr()) };
+        out.insert("pivot_root".into(), attempt(rc));
+        // chroot("/") changes nothing; in a child all the same.
+        // SAFETY: as above.
+        let r = in_child(|| libc::c_long::from(unsafe { libc::chroot(root.as_ptr()) }));
+        out.insert("chroot".into(), r);
+
+        let _ = fs::remove_dir(&dir);
+        json!({"op": "mount", "ok": true, "calls": out})
+    }
+
+    /// First mapped address of `pid` (from its maps), if readable.
+    fn first_mapping(pid: libc::pid_t) -> Result<u64, io::Error> {
+        let maps = fs::read_to_string(format!("/proc/{pid}/maps"))?;
+        maps.lines()
+            .next()
+            .and_then(|l| l.split('-').next())
+            .and_then(|a| u64::from_str_radix(a, 16).ok())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODATA))
+    }
+
+    fn plunder_pid(pid: libc::pid_t) -> Value {
+        let mut out = Map::new();
+
+        // SAFETY: integer arguments only.
+        let rc = unsafe {
+            libc::ptrace(
+                libc::PTRACE_ATTACH,
+                pid,
+                std::ptr::null_mut::<libc::c_void>(),
+                std::ptr::null_mut::<libc::c_void>(),
+            )
+        };
+        out.insert("ptrace_attach".into(), attempt(rc));
+        if rc == 0 {
+            // Wait for the attach stop, then let the process go on.
+            let mut status = 0;
+            // SAFETY: status is a live c_int; integer arguments otherwise.
+            unsafe {
+                libc::waitpid(pid, &mut status, libc::__WALL);
+                libc::ptrace(
+                    libc::PTRACE_DETACH,
+                    pid,
+                    std::ptr::null_mut::<libc::c_void>(),
+                    std::ptr::null_mut::<libc::c_void>(),
+                );
+            }
+        }
+
+        let maps = first_mapping(pid);
+        out.insert(
+            "maps".into(),
+            match &maps {
+                Ok(_) => done(),
+                Err(e) => error(e),
+            },
+        );
+        // An unmapped address still tells access (EFAULT) from refusal.
+        let address = maps.unwrap_or(0x1000);
+        let mut byte = [0u8; 1];
+        let local = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let remote = libc::iovec {
+            iov_base: address as usize as *mut libc::c_void,
+            iov_len: 1,
+        };
+        // SAFETY: local points at one writable byte; remote is only read in
+        // the other process, by the kernel.
+        let rc = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+        out.insert("process_vm_readv".into(), attempt(rc as libc::c_long));
+        // Writing: to an address below mmap_min_addr, never mapped, so that
+        // nothing changes: EFAULT when allowed, EPERM when refused.
+        let remote = libc::iovec {
+            iov_base: 0x1000 as *mut libc::c_void,
+            iov_len: 1,
+        };
+        // SAFETY: local points at one readable byte; remote is only touched
+        // in the other process, by the kernel.
+        let rc = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
+        out.insert("process_vm_writev".into(), attempt(rc as libc::c_long));
+
+        // SAFETY: integer arguments only.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
+        if pidfd < 0 {
+            let mut v = attempt(pidfd);
+            v["stage"] = json!("pidfd_open");
+            out.insert("pidfd_getfd".into(), v);
+        } else {
+            // Its descriptor 0.
+            // SAFETY: integer arguments only; both fds are closed below.
+            let rc = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, 0, 0u32) };
+            out.insert("pidfd_getfd".into(), attempt(rc));
+            close_returned(rc);
+            close_returned(pidfd);
+        }
+
+        // KCMP_FILE (0): our fd 0 against theirs.
+        // SAFETY: integer arguments only.
+        let rc = unsafe { libc::syscall(libc::SYS_kcmp, libc::getpid(), pid, 0, 0usize, 0usize) };
+        out.insert("kcmp".into(), attempt(rc));
+
+        let mem = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{pid}/mem"));
+        out.insert(
+            "mem_write".into(),
+            match mem {
+                Ok(_) => done(),
+                Err(e) => error(&e),
+            },
+        );
+        json!({"op": "plunder", "target": pid, "calls": out})
+    }
+
+    /// `PID`: another process; `child`: a `sleep` this probe starts (in its
+    /// own cgroup, uid and Landlock domain).
+    pub fn plunder(target: &str) -> ArgResult<Value> {
+        if target != "child" {
+            let pid: libc::pid_t = target
+                .parse()
+                .map_err(|_| format!("PID must be a process id or `child`, not {target:?}"))?;
+            return Ok(plunder_pid(pid));
+        }
+        let mut child = match Command::new("sleep")
+            .arg("30")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                return Ok(
+                    json!({"op": "plunder", "ok": false, "errno": errno_of(&e), "error": e.to_string(), "stage": "spawn"}),
+                )
+            }
+        };
+        // Let it exec sleep (ptrace of a process mid-exec is racy).
+        let pid = child.id() as libc::pid_t;
+        for _ in 0..250 {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "sleep" {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let v = plunder_pid(pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        Ok(v)
+    }
+
+    fn setsockopt(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &[u8]) -> Value {
+        let ptr = if value.is_empty() {
+            std::ptr::null()
+        } else {
+            value.as_ptr().cast()
+        };
+        // SAFETY: value is a live buffer of value.len() bytes (or null, 0).
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                level,
+                name,
+                ptr,
+                value.len() as libc::socklen_t,
+            )
+        };
+        attempt(rc.into())
+    }
+
+    /// Each IP option the filter refuses, with a value the kernel accepts.
+    pub fn ipopts() -> Value {
+        // Type-4 (segment routing) header with one segment (::1):
+        // nexthdr, hdrlen (in 8-byte units beyond the first 8), type,
+        // segments_left, last_entry, flags, tag (2), then 16 bytes a segment.
+        let mut srh = vec![0u8, 2, 4, 0, 0, 0, 0, 0];
+        srh.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+        // An options header of 8 bytes: nexthdr, hdrlen 0, PadN of 4 zeros.
+        let opts = [0u8, 0, 1, 4, 0, 0, 0, 0];
+        let one = 1i32.to_ne_bytes();
+        // Loose source route via 127.0.0.1, padded with IPOPT_END.
+        let lsrr = [131u8, 7, 4, 127, 0, 0, 1, 0];
+        let v6: [(&str, libc::c_int, &[u8]); 8] = [
+            ("IPV6_RTHDR", libc::IPV6_RTHDR, &srh),
+            ("IPV6_HOPOPTS", libc::IPV6_HOPOPTS, &opts),
+            ("IPV6_DSTOPTS", libc::IPV6_DSTOPTS, &opts),
+            ("IPV6_RTHDRDSTOPTS", libc::IPV6_RTHDRDSTOPTS, &opts),
+            ("IPV6_2292HOPOPTS", libc::IPV6_2292HOPOPTS, &one),
+            ("IPV6_2292DSTOPTS", libc::IPV6_2292DSTOPTS, &one),
+            ("IPV6_2292RTHDR", libc::IPV6_2292RTHDR, &one),
+            ("IPV6_2292PKTOPTIONS", libc::IPV6_2292PKTOPTIONS, &[]),
+        ];
+        let mut out = Map::new();
+        for (name, optname, value) in v6 {
+            let r = match new_socket(libc::AF_INET6, libc::SOCK_DGRAM, 0) {
+                Ok(fd) => setsockopt(&fd, libc::IPPROTO_IPV6, optname, value),
+                Err(e) => error(&e),
+            };
+            out.insert(name.to_owned(), r);
+        }
+        let r = match new_socket(libc::AF_INET, libc::SOCK_DGRAM, 0) {
+            Ok(fd) => setsockopt(&fd, libc::SOL_IP, libc::IP_OPTIONS, &lsrr),
+            Err(e) => error(&e),
+        };
+        out.insert("IP_OPTIONS".to_owned(), r);
+        // Record route: any uid may set it (loose source routing needs
+        // CAP_NET_RAW on recent kernels), so it shows the filter as nobody.
+        let rr = [7u8, 7, 4, 0, 0, 0, 0, 0];
+        let r = match new_socket(libc::AF_INET, libc::SOCK_DGRAM, 0) {
+            Ok(fd) => setsockopt(&fd, libc::SOL_IP, libc::IP_OPTIONS, &rr),
+            Err(e) => error(&e),
+        };
+        out.insert("IP_OPTIONS_RR".to_owned(), r);
+        json!({"op": "ipopts", "calls": out})
+    }
+
+    /// getpid(2) through the x32 ABI (number | 0x40000000).
+    pub fn x32() -> Value {
+        // SAFETY: getpid takes no arguments and cannot fail.
+        let rc = unsafe { libc::syscall(libc::SYS_getpid | 0x4000_0000) };
+        let mut v = attempt(rc);
+        v["op"] = json!("x32");
+        v
+    }
+
+    pub fn thread() -> Value {
+        let spawned = std::thread::Builder::new().spawn(|| 42).map(|h| h.join());
+        match spawned {
+            Ok(Ok(42)) => json!({"op": "thread", "ok": true, "errno": null}),
+            Ok(_) => json!({"op": "thread", "ok": false, "errno": null, "error": "bad join"}),
+            Err(e) => {
+                json!({"op": "thread", "ok": false, "errno": errno_of(&e), "error": e.to_string()})
+            }
+        }
+    }
+
+    fn io_attempt(r: io::Result<()>) -> Value {
+        match r {
+            Ok(()) => done(),
+            Err(e) => error(&e),
+        }
+    }
+
+    /// Execs `command` under a seccomp filter that makes
+    /// landlock_create_ruleset fail with `errno`, the way a kernel without
+    /// Landlock answers (ENOSYS: not built in; EOPNOTSUPP: not enabled).
+    /// Prints a JSON line only when that fails.
+    pub fn no_landlock(errno: u32, command: &[String]) -> super::Outcome {
+        use std::os::unix::process::CommandExt;
+        // No arch check: a test helper, not a boundary.
+        let mut filter = [
+            // A = seccomp_data.nr
+            libc::sock_filter {
+                code: 0x20,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+            // if A == landlock_create_ruleset: next, else skip one
+            libc::sock_filter {
+                code: 0x15,
+                jt: 0,
+                jf: 1,
+                k: libc::SYS_landlock_create_ruleset as u32,
+            },
+            libc::sock_filter {
+                code: 0x06,
+                jt: 0,
+                jf: 0,
+                k: libc::SECCOMP_RET_ERRNO | (errno & 0xffff),
+            },
+            libc::sock_filter {
+                code: 0x06,
+                jt: 0,
+                jf: 0,
+                k: libc::SECCOMP_RET_ALLOW,
+            },
+        ];
+        let prog = libc::sock_fprog {
+            len: filter.len() as libc::c_ushort,
+            filter: filter.as_mut_ptr(),
+        };
+        // SAFETY: prctl with integers; then with a pointer to a live
+        // sock_fprog whose filter array outlives the call.
+        let rc = unsafe {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                -1
+            } else {
+                libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    std::ptr::from_ref(&prog),
+                )
+            }
+        };
+        if rc != 0 {
+            let mut v = error(&io::Error::last_os_error());
+            v["op"] = json!("no-landlock");
+            return super::Outcome::Json(v);
+        }
+        let Some((program, args)) = command.split_first() else {
+            return super::Outcome::Exit(2);
+        };
+        let e = Command::new(program).args(args).exec();
+        let mut v = error(&e);
+        v["op"] = json!("no-landlock");
+        super::Outcome::Json(v)
+    }
+
+    /// A file renamed and linked, and a directory renamed, across
+    /// directories of a fresh tree under /tmp.
+    pub fn rename() -> Value {
+        let dir =
+            std::path::PathBuf::from(format!("/tmp/cordon-probe-rename-{}", std::process::id()));
+        let setup = fs::create_dir(&dir)
+            .and_then(|()| fs::create_dir(dir.join("a")))
+            .and_then(|()| fs::create_dir(dir.join("b")))
+            .and_then(|()| fs::write(dir.join("a/f"), b"x"));
+        if let Err(e) = setup {
+            let _ = fs::remove_dir_all(&dir);
+            return json!({"op": "rename", "ok": false, "errno": errno_of(&e), "error": e.to_string(), "stage": "setup"});
+        }
+        let file = io_attempt(fs::rename(dir.join("a/f"), dir.join("b/f")));
+        let link = io_attempt(fs::hard_link(dir.join("b/f"), dir.join("a/g")));
+        let directory = io_attempt(fs::rename(dir.join("a"), dir.join("b/a")));
+        let _ = fs::remove_dir_all(&dir);
+        json!({"op": "rename", "file": file, "link": link, "directory": directory})
+    }
 }
 
 #[cfg(test)]
