@@ -510,13 +510,73 @@ fn wire_allowed(end: &WireEnd) -> bool {
     }
 }
 
+/// The hot path of [`wire_end`]: direct packet access, no helper calls,
+/// when the IP and transport headers are in the linear part of the skb (they
+/// are for locally generated and loopback packets). `None`: not linear
+/// enough, use the helper-based parser.
+#[inline(always)]
+fn wire_end_direct(ctx: &SkBuffContext, remote_is_dst: bool, end: &mut WireEnd) -> Option<bool> {
+    let skb = ctx.skb.skb;
+    // SAFETY: reading the data/data_end fields of the kernel's __sk_buff;
+    // every packet read below is bounds-checked against data_end first, as
+    // the verifier requires.
+    let (data, data_end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+    // One check covering the whole IPv4 header and ports (a `+ 1` check
+    // gets folded by LLVM into a form the verifier cannot use).
+    if data + 24 > data_end {
+        return None;
+    }
+    // SAFETY: bounds-checked above.
+    let first = unsafe { *(data as *const u8) };
+    match first >> 4 {
+        4 => {
+            if first & 0x0f != 5 {
+                return Some(false);
+            }
+            // SAFETY: all offsets below 24, checked above.
+            unsafe {
+                end.proto = *((data + 9) as *const u8);
+                let ip_at = if remote_is_dst { 16 } else { 12 };
+                let port_at = if remote_is_dst { 22 } else { 20 };
+                end.ip = v4_mapped(core::ptr::read_unaligned((data + ip_at) as *const u32));
+                end.port = u16::from_be(core::ptr::read_unaligned((data + port_at) as *const u16));
+            }
+        }
+        6 => {
+            if data + 44 > data_end {
+                return None;
+            }
+            let base = if remote_is_dst { 24 } else { 8 };
+            let port_at = if remote_is_dst { 42 } else { 40 };
+            // SAFETY: all offsets below 44, checked above.
+            unsafe {
+                end.proto = *((data + 6) as *const u8);
+                let w = (data + base) as *const u32;
+                end.ip = [
+                    core::ptr::read_unaligned(w),
+                    core::ptr::read_unaligned(w.add(1)),
+                    core::ptr::read_unaligned(w.add(2)),
+                    core::ptr::read_unaligned(w.add(3)),
+                ];
+                end.port = u16::from_be(core::ptr::read_unaligned((data + port_at) as *const u16));
+            }
+        }
+        _ => return Some(false),
+    }
+    Some(end.proto == IPPROTO_TCP_U8 || end.proto == IPPROTO_UDP_U8)
+}
+
 fn wire_verdict(ctx: &SkBuffContext, remote_is_dst: bool) -> i32 {
     let mut end = WireEnd {
         ip: [0; 4],
         port: 0,
         proto: 0,
     };
-    match wire_end(ctx, remote_is_dst, &mut end) {
+    let parsed = match wire_end_direct(ctx, remote_is_dst, &mut end) {
+        Some(ok) => Ok(ok),
+        None => wire_end(ctx, remote_is_dst, &mut end),
+    };
+    match parsed {
         Ok(true) if wire_allowed(&end) => PASS,
         _ => DROP,
     }
