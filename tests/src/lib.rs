@@ -1178,3 +1178,56 @@ impl Checks {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// probe results shared by the test files
+
+/// `probe tcp ADDR --send TEXT --read len(TEXT)` arguments.
+pub fn tcp_args(addr: &str, text: &str) -> Vec<String> {
+    vec![
+        "tcp".into(),
+        addr.into(),
+        "--send".into(),
+        text.into(),
+        "--read".into(),
+        text.len().to_string(),
+    ]
+}
+
+pub fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// The probes' JSON, then the daemon's context: what a failure shows.
+pub fn probe_context(d: &Daemon, probes: &[&Value]) -> String {
+    let mut s = String::from("\n--- probe output:\n");
+    for p in probes {
+        s.push_str(&pretty(p));
+        s.push('\n');
+    }
+    s + &d.context()
+}
+
+/// The probe's tcp result echoed `text` back.
+pub fn echoed(p: &Value, text: &str) -> bool {
+    str_of(p, "connect") == "ok" && str_of(p, "received") == text
+}
+
+/// The probe's tcp result shows a refused/reset connection with nothing
+/// echoed: connect failed, or the read ended in ECONNRESET or EOF.
+pub fn refused(p: &Value) -> bool {
+    const ECONNRESET: u64 = 104;
+    str_of(p, "received").is_empty()
+        && (str_of(p, "connect") == "error"
+            || p["read_errno"].as_u64() == Some(ECONNRESET)
+            || p["eof"] == Value::Bool(true))
+}
+
+/// The last JSON line a command printed (Null if none).
+pub fn json_line(out: &Output) -> Value {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or(Value::Null)
+}

@@ -10,58 +10,16 @@ use std::time::{Duration, Instant};
 
 use cordon_tests::serde_json::Value;
 use cordon_tests::{
-    pretty, probe_bin, probe_outside, probe_outside_as_nobody, require_root, str_of, u64_of, As,
-    Background, Checks, Daemon, EchoServer, Setup, UdpEcho, UnixServer, FAR_FUTURE, NOBODY,
+    echoed, pretty, probe_bin, probe_context, probe_outside, probe_outside_as_nobody, refused,
+    require_root, str_of, strs, tcp_args, u64_of, As, Background, Checks, Daemon, EchoServer,
+    Setup, UdpEcho, UnixServer, FAR_FUTURE, NOBODY,
 };
 
 /// Give a connection that should NOT arrive a moment to show up anyway.
 const SETTLE: Duration = Duration::from_millis(300);
 
 const EPERM: u64 = 1;
-const ECONNRESET: u64 = 104;
 const ECONNREFUSED: u64 = 111;
-
-/// `probe tcp ADDR --send TEXT --read len(TEXT)` arguments.
-fn tcp_args(addr: &str, text: &str) -> Vec<String> {
-    vec![
-        "tcp".into(),
-        addr.into(),
-        "--send".into(),
-        text.into(),
-        "--read".into(),
-        text.len().to_string(),
-    ]
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
-fn context(d: &Daemon, probes: &[&Value]) -> String {
-    let mut s = String::from("\n--- probe output:\n");
-    for p in probes {
-        s.push_str(&pretty(p));
-        s.push('\n');
-    }
-    s + &d.context()
-}
-
-/// The probe's tcp result echoed `text` back.
-fn echoed(p: &Value, text: &str) -> bool {
-    str_of(p, "connect") == "ok" && str_of(p, "received") == text
-}
-
-/// The probe's tcp result shows a refused/reset connection with nothing
-/// echoed: connect failed, or the read ended in ECONNRESET or EOF.
-fn refused(p: &Value) -> bool {
-    if !str_of(p, "received").is_empty() {
-        return false;
-    }
-    if str_of(p, "connect") == "error" {
-        return true;
-    }
-    p["read_errno"].as_u64() == Some(ECONNRESET) || p["eof"] == Value::Bool(true)
-}
 
 // ---------------------------------------------------------------------------
 // 1. allowed tcp resource
@@ -124,7 +82,7 @@ fn allowed_tcp_resource_works_and_is_attested() {
         str_of(&p, "peer"),
         &echo.address(),
     );
-    c.finish(|| context(&d, &[&p, &s]));
+    c.finish(|| probe_context(&d, &[&p, &s]));
 }
 
 // ---------------------------------------------------------------------------
@@ -159,7 +117,7 @@ fn undeclared_destination_is_refused_and_recorded() {
         str_of(&s, "reason").contains("not a declared resource"),
         format!("reason {:?} lacks \"not a declared resource\"", s["reason"]),
     );
-    c.finish(|| context(&d, &[&p, &s]));
+    c.finish(|| probe_context(&d, &[&p, &s]));
 }
 
 // ---------------------------------------------------------------------------
@@ -181,7 +139,7 @@ fn ipv6_resource_works_through_gateway() {
     c.eq("verdict", str_of(&s, "verdict"), "allow");
     c.eq("resource", str_of(&s, "resource"), "echo");
     c.eq("dst", str_of(&s, "dst"), &echo6.address());
-    c.finish(|| context(&d, &[&p, &s]));
+    c.finish(|| probe_context(&d, &[&p, &s]));
 }
 
 #[test]
@@ -204,7 +162,7 @@ fn v4_mapped_ipv6_is_captured() {
     c.eq("verdict", str_of(&s, "verdict"), "allow");
     c.eq("resource", str_of(&s, "resource"), "echo");
     c.eq("dst", str_of(&s, "dst"), &echo.address());
-    c.finish(|| context(&d, &[&p, &s]));
+    c.finish(|| probe_context(&d, &[&p, &s]));
 }
 
 // ---------------------------------------------------------------------------
@@ -237,7 +195,7 @@ fn udp_is_denied() {
     }
     thread::sleep(SETTLE);
     c.eq("datagrams that reached the UDP server", udp.received(), 0);
-    c.finish(|| context(&d, &seen.iter().collect::<Vec<_>>()));
+    c.finish(|| probe_context(&d, &seen.iter().collect::<Vec<_>>()));
 }
 
 #[test]
@@ -282,7 +240,7 @@ fn udp_to_declared_dns_resolver_is_allowed() {
         other.received(),
         0,
     );
-    c.finish(|| context(&d, &[&sendto, &connected, &denied, &denied_connect]));
+    c.finish(|| probe_context(&d, &[&sendto, &connected, &denied, &denied_connect]));
 }
 
 // ---------------------------------------------------------------------------
@@ -306,7 +264,7 @@ fn raw_socket_denied_inside_agent_even_for_root() {
             "raw socket outside the agent as root failed, so the test proves nothing: {outside}"
         ),
     );
-    c.finish(|| context(&d, &[&inside, &outside]));
+    c.finish(|| probe_context(&d, &[&inside, &outside]));
 }
 
 #[test]
@@ -327,7 +285,7 @@ fn packet_socket_denied_inside_agent_even_for_root() {
             "packet socket outside the agent as root failed, so the test proves nothing: {outside}"
         ),
     );
-    c.finish(|| context(&d, &[&inside, &outside]));
+    c.finish(|| probe_context(&d, &[&inside, &outside]));
 }
 
 #[test]
@@ -371,7 +329,7 @@ fn unix_socket_connect_denied_inside_agent() {
         listener.take_pending(),
         1,
     );
-    c.finish(|| context(&d, &[&inside, &inside_root, &outside]));
+    c.finish(|| probe_context(&d, &[&inside, &inside_root, &outside]));
 }
 
 #[test]
@@ -408,7 +366,7 @@ fn io_uring_setup_denied_inside_agent() {
     } else {
         println!("note: kernel.io_uring_disabled is set on this host; outside result: {outside}");
     }
-    c.finish(|| context(&d, &[&inside, &inside_root, &outside]));
+    c.finish(|| probe_context(&d, &[&inside, &inside_root, &outside]));
 }
 
 // ---------------------------------------------------------------------------
@@ -434,7 +392,7 @@ fn process_outside_the_cgroup_is_untouched() {
     c.eq("undeclared listener connections", undeclared.accepted(), 1);
     c.eq("probe peer", str_of(&p, "peer"), &undeclared.address());
     c.eq("sessions recorded", after.len(), before.len());
-    c.finish(|| context(&d, &[&p, &Value::Array(after)]));
+    c.finish(|| probe_context(&d, &[&p, &Value::Array(after)]));
 }
 
 #[test]
@@ -468,7 +426,7 @@ fn child_of_agent_is_captured_with_its_own_pid() {
         !sessions.iter().any(|s| s["pid"] == parent),
         format!("a session is attributed to the parent pid {parent}"),
     );
-    c.finish(|| context(&d, &[&p, &s]));
+    c.finish(|| probe_context(&d, &[&p, &s]));
 }
 
 // ---------------------------------------------------------------------------
@@ -581,7 +539,7 @@ fn fail_closed_on_sigkill_and_clean_takeover_on_restart() {
         pinned_links(&status, "bot"),
         links_before,
     );
-    c.finish(|| context(&d, &[&first, &dead, &after, &status]));
+    c.finish(|| probe_context(&d, &[&first, &dead, &after, &status]));
 }
 
 // ---------------------------------------------------------------------------
@@ -613,7 +571,7 @@ fn expired_grant_is_refused() {
         str_of(&s, "reason").contains("expired"),
         format!("reason {:?} does not mention \"expired\"", s["reason"]),
     );
-    c.finish(|| context(&d, &[&p, &s]));
+    c.finish(|| probe_context(&d, &[&p, &s]));
 }
 
 #[test]
@@ -654,7 +612,7 @@ fn live_session_is_closed_when_its_grant_expires() {
             s["end_reason"]
         ),
     );
-    c.finish(|| format!("grant expires {expires}{}", context(&d, &[&p, &s])));
+    c.finish(|| format!("grant expires {expires}{}", probe_context(&d, &[&p, &s])));
 }
 
 // ---------------------------------------------------------------------------
@@ -727,7 +685,7 @@ fn two_daemons_side_by_side() {
     c.finish(|| {
         format!(
             "{}\n=== daemon b:\n{}",
-            context(&a, &[&pa, &pb]),
+            probe_context(&a, &[&pa, &pb]),
             b.context()
         )
     });
@@ -759,7 +717,7 @@ fn direct_dial_to_the_proxy_is_refused_and_recorded() {
         str_of(&s, "reason").contains("no kernel attestation"),
         format!("reason {:?} lacks \"no kernel attestation\"", s["reason"]),
     );
-    c.finish(|| context(&d, &[&p, &s]));
+    c.finish(|| probe_context(&d, &[&p, &s]));
 }
 
 // ---------------------------------------------------------------------------
@@ -801,7 +759,7 @@ fn tcp_fast_open_is_captured() {
         c.eq("declared TFO verdict", str_of(&s, "verdict"), "allow");
         c.eq("declared TFO dst", str_of(&s, "dst"), &echo.address());
     }
-    c.finish(|| context(&d, &[&to_undeclared, &to_declared]));
+    c.finish(|| probe_context(&d, &[&to_undeclared, &to_declared]));
 }
 
 // ---------------------------------------------------------------------------

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use cordon_tests::serde_json::Value;
 use cordon_tests::{
-    cordon_bin, pretty, probe_bin, probe_outside, probe_outside_as_nobody, require_root,
+    cordon_bin, probe_bin, probe_context, probe_outside, probe_outside_as_nobody, require_root,
     run_with_limit, str_of, As, Background, Checks, Daemon, EchoServer, Setup, NOBODY,
     PROBE_TIME_LIMIT,
 };
@@ -118,15 +118,6 @@ fn all_succeeded(c: &mut Checks, who: &str, p: &Value, group: &str, names: &[&st
             format!("{who}: {group} {name}: expected success, got {v}"),
         );
     }
-}
-
-fn context(d: &Daemon, probes: &[&Value]) -> String {
-    let mut s = String::from("\n--- probe output:\n");
-    for p in probes {
-        s.push_str(&pretty(p));
-        s.push('\n');
-    }
-    s + &d.context()
 }
 
 fn setpriv_nobody(cmd: &mut Command) -> &mut Command {
@@ -261,7 +252,7 @@ fn namespaces_are_refused_and_clone3_fails_with_enosys() {
         ),
     );
 
-    c.finish(|| context(&d, &[&inside, &inside_root, &outside, &outside_root]));
+    c.finish(|| probe_context(&d, &[&inside, &inside_root, &outside, &outside_root]));
 }
 
 // ---------------------------------------------------------------------------
@@ -316,7 +307,7 @@ fn mount_family_is_refused() {
         );
     }
 
-    c.finish(|| context(&d, &[&inside, &inside_root, &outside]));
+    c.finish(|| probe_context(&d, &[&inside, &inside_root, &outside]));
 }
 
 // ---------------------------------------------------------------------------
@@ -376,7 +367,7 @@ fn same_uid_process_outside_the_cgroup_cannot_be_plundered() {
     write_allowed(&mut c, "outside as nobody", &outside);
 
     drop(victim);
-    c.finish(|| context(&d, &[&inside, &outside]));
+    c.finish(|| probe_context(&d, &[&inside, &outside]));
 }
 
 #[test]
@@ -406,7 +397,7 @@ fn other_agent_sessions_cannot_be_plundered() {
 
     drop(sessions);
     let refs: Vec<&Value> = probes.iter().collect();
-    c.finish(|| context(&d, &refs));
+    c.finish(|| probe_context(&d, &refs));
 }
 
 #[test]
@@ -446,7 +437,7 @@ fn agent_cannot_trace_even_its_own_children() {
     );
     write_allowed(&mut c, "outside as nobody, own child", &outside);
 
-    c.finish(|| context(&d, &[&inside, &outside]));
+    c.finish(|| probe_context(&d, &[&inside, &outside]));
 }
 
 // ---------------------------------------------------------------------------
@@ -504,7 +495,7 @@ fn ip_routing_and_extension_headers_are_refused() {
         &IP_OPTIONS,
     );
 
-    c.finish(|| context(&d, &[&inside, &inside_root, &outside, &outside_root]));
+    c.finish(|| probe_context(&d, &[&inside, &inside_root, &outside, &outside_root]));
 }
 
 #[test]
@@ -526,7 +517,7 @@ fn x32_syscalls_are_refused() {
         format!("an x32 syscall outside the agent should not be EPERM: {outside}"),
     );
 
-    c.finish(|| context(&d, &[&inside, &outside]));
+    c.finish(|| probe_context(&d, &[&inside, &outside]));
 }
 
 #[test]
@@ -645,5 +636,5 @@ fn ordinary_agent_work_still_works() {
         format!("the agent's allowed connection did not go through: {tcp}"),
     );
 
-    c.finish(|| context(&d, &[&me, &child, &sh, &threads, &renames, &tcp]));
+    c.finish(|| probe_context(&d, &[&me, &child, &sh, &threads, &renames, &tcp]));
 }

@@ -16,34 +16,9 @@ use std::time::{Duration, Instant};
 
 use cordon_tests::serde_json::{self, Value};
 use cordon_tests::{
-    parse_probe, pretty, probe_bin, require_root, run_with_limit, str_of, u64_of, As, Background,
-    Checks, Daemon, EchoServer, Setup, PROBE_TIME_LIMIT,
+    echoed, parse_probe, probe_bin, probe_context, refused, require_root, run_with_limit, str_of,
+    u64_of, As, Background, Checks, Daemon, EchoServer, Setup, PROBE_TIME_LIMIT,
 };
-
-const ECONNRESET: u64 = 104;
-
-fn context(d: &Daemon, probes: &[&Value]) -> String {
-    let mut s = String::from("\n--- probe output:\n");
-    for p in probes {
-        s.push_str(&pretty(p));
-        s.push('\n');
-    }
-    s + &d.context()
-}
-
-/// The probe's tcp result echoed `text` back.
-fn echoed(p: &Value, text: &str) -> bool {
-    str_of(p, "connect") == "ok" && str_of(p, "received") == text
-}
-
-/// The probe's tcp result shows a refused/reset connection with nothing
-/// echoed.
-fn refused(p: &Value) -> bool {
-    str_of(p, "received").is_empty()
-        && (str_of(p, "connect") == "error"
-            || p["read_errno"].as_u64() == Some(ECONNRESET)
-            || p["eof"] == Value::Bool(true))
-}
 
 /// `sessions.active` from `cordon status`.
 fn active(d: &Daemon) -> u64 {
@@ -126,7 +101,7 @@ fn per_agent_session_cap_refuses_the_excess_and_frees_on_close() {
         echoed(&again, "again"),
         format!("after the holders exited, a new session did not work: {again}"),
     );
-    c.finish(|| context(&d, &[&over, &again]));
+    c.finish(|| probe_context(&d, &[&over, &again]));
 }
 
 #[test]
@@ -154,7 +129,7 @@ fn global_session_cap_refuses_the_excess() {
         format!("the deny reason does not name the limit: {:?}", s["reason"]),
     );
     drop(held);
-    c.finish(|| context(&d, &[&over]));
+    c.finish(|| probe_context(&d, &[&over]));
 }
 
 // ---------------------------------------------------------------------------
@@ -281,7 +256,7 @@ fn agent_chosen_text_cannot_reach_the_terminal_as_escapes() {
             format!("cordon {args:?} does not show the comm escaped: {text:?}"),
         );
     }
-    c.finish(|| context(&d, &[&p]));
+    c.finish(|| probe_context(&d, &[&p]));
 }
 
 // ---------------------------------------------------------------------------
@@ -377,7 +352,7 @@ fn half_closed_session_ends_after_the_timeout_and_open_ones_do_not() {
     // A fully open session that is merely idle is not cut.
     let h = d.probe("bot", As::Nobody, &["hold", &addr, "4"]);
     c.eq("idle open session", str_of(&h, "ended"), "open");
-    c.finish(|| context(&d, &[&p, &h]));
+    c.finish(|| probe_context(&d, &[&p, &h]));
 }
 
 // ---------------------------------------------------------------------------

@@ -5,10 +5,10 @@
 
 use std::{fs, net::TcpStream, path::PathBuf, process::Command, time::Duration};
 
-use cordon_tests::serde_json::{self, Value};
+use cordon_tests::serde_json::Value;
 use cordon_tests::{
-    bin_dir, cgroup2_mount, free_port, probe_bin, require_root, run_with_limit, str_of, Background,
-    Checks, Daemon, EchoServer, Setup, PROBE_TIME_LIMIT,
+    bin_dir, cgroup2_mount, free_port, json_line, probe_bin, require_root, run_with_limit, str_of,
+    Background, Checks, Daemon, EchoServer, Setup, PROBE_TIME_LIMIT,
 };
 
 const EPERM: i64 = 1;
@@ -16,14 +16,6 @@ const ECONNREFUSED: u64 = 111;
 
 fn wire_bin() -> PathBuf {
     bin_dir().join("cordon-wire")
-}
-
-fn json_line(out: &std::process::Output) -> Value {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or(Value::Null)
 }
 
 #[test]
