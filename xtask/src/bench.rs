@@ -17,6 +17,7 @@ use crate::gateway::{build, rfc3339_in, Daemon};
 const ROUNDS: usize = 3;
 const CONNECTS_PER_ROUND: usize = 3000;
 const BULK_BYTES: u64 = 1 << 30;
+const BULK_ROUNDS: usize = 2;
 
 pub fn run(kind: &str) -> Result<()> {
     match kind {
@@ -76,6 +77,64 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// A naive relay for reference, the kind the issue measured at 1.79x: a
+/// single-threaded tokio runtime, one task per connection, connect upstream,
+/// `copy_bidirectional`. No checks, no audit. Returns its port.
+fn naive_relay(target: u16) -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                return;
+            };
+            while let Ok((mut a, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let _ = a.set_nodelay(true);
+                    if let Ok(mut b) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await {
+                        let _ = b.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                    }
+                });
+            }
+        });
+    });
+    Ok(port)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Direct,
+    Naive,
+    Gateway,
+}
+
+impl Path {
+    const ALL: [Path; 3] = [Path::Direct, Path::Naive, Path::Gateway];
+    fn label(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Naive => "naive",
+            Path::Gateway => "cordon",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Samples {
+    rate: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    mbps: Vec<f64>,
+}
+
 fn connect() -> Result<()> {
     anyhow::ensure!(
         crate::util::is_root(),
@@ -83,98 +142,101 @@ fn connect() -> Result<()> {
     );
     println!("== building cordon (release)");
     let bin = build(true, &["cordon", "cordon-tests"])?;
-    let me = bin.join("cordon-bench-client");
+    let client_bin = bin.join("cordon-bench-client");
     let (echo, sink) = servers()?;
+    let (naive_echo, naive_sink) = (naive_relay(echo)?, naive_relay(sink)?);
     let config = format!(
         "[[agent]]\nname = \"bench\"\n\n[[resource]]\nname = \"echo\"\nprotocol = \"tcp\"\naddress = \"127.0.0.1:{echo}\"\n\n[[resource]]\nname = \"sink\"\nprotocol = \"tcp\"\naddress = \"127.0.0.1:{sink}\"\n\n[[grant]]\nagent = \"bench\"\nresource = \"echo\"\nexpires = \"{e}\"\n\n[[grant]]\nagent = \"bench\"\nresource = \"sink\"\nexpires = \"{e}\"\n",
         e = rfc3339_in(3600)
     );
     let daemon = Daemon::start(&bin.join("cordon"), "bench", &config)?;
-    let client = |via_gateway: bool, args: &[String]| -> Command {
-        let mut c = if via_gateway {
-            daemon.run_as("bench", &me)
-        } else {
-            Command::new(&me)
+    // The gateway client dials the real server address from inside the
+    // agent cgroup; the others dial their target directly, outside it.
+    let client = |path: Path, mode: &str, port: u16, n: String| -> Command {
+        let mut c = match path {
+            Path::Gateway => daemon.run_as("bench", &client_bin),
+            Path::Direct | Path::Naive => Command::new(&client_bin),
         };
-        c.args(args);
+        c.args([mode.to_string(), format!("127.0.0.1:{port}"), n]);
         c
     };
-    let echo_args = vec![
-        "echo".to_string(),
-        format!("127.0.0.1:{echo}"),
-        CONNECTS_PER_ROUND.to_string(),
-    ];
-    let (mut d_rate, mut g_rate, mut d50, mut g50, mut d99, mut g99) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut samples: [Samples; 3] = Default::default();
     for round in 1..=ROUNDS {
-        for via in [false, true] {
-            let v = measure(&mut client(via, &echo_args))?;
+        for (i, path) in Path::ALL.into_iter().enumerate() {
+            let port = if path == Path::Naive {
+                naive_echo
+            } else {
+                echo
+            };
+            let v = measure(&mut client(
+                path,
+                "echo",
+                port,
+                CONNECTS_PER_ROUND.to_string(),
+            ))?;
             let rate = v["n"].as_f64().unwrap_or(0.0) / v["secs"].as_f64().unwrap_or(1.0);
             let p50 = v["p50_ns"].as_f64().unwrap_or(0.0) / 1000.0;
             let p99 = v["p99_ns"].as_f64().unwrap_or(0.0) / 1000.0;
             println!(
-                "round {round} {:<8} {:>9.0} conn/s  p50 {:>7.1} µs  p99 {:>7.1} µs",
-                if via { "gateway" } else { "direct" },
+                "round {round} {:<7} {:>9.0} conn/s  p50 {:>7.1} µs  p99 {:>7.1} µs",
+                path.label(),
                 rate,
                 p50,
                 p99
             );
-            let (r, a, b) = if via {
-                (&mut g_rate, &mut g50, &mut g99)
+            if let Some(s) = samples.get_mut(i) {
+                s.rate.push(rate);
+                s.p50.push(p50);
+                s.p99.push(p99);
+            }
+        }
+    }
+    for round in 1..=BULK_ROUNDS {
+        for (i, path) in Path::ALL.into_iter().enumerate() {
+            let port = if path == Path::Naive {
+                naive_sink
             } else {
-                (&mut d_rate, &mut d50, &mut d99)
+                sink
             };
-            r.push(rate);
-            a.push(p50);
-            b.push(p99);
+            let v = measure(&mut client(path, "bulk", port, BULK_BYTES.to_string()))?;
+            let mbps = v["bytes"].as_f64().unwrap_or(0.0) / v["secs"].as_f64().unwrap_or(1.0) / 1e6;
+            println!(
+                "bulk {round} {:<7} {:>9.0} MB/s (1 GiB)",
+                path.label(),
+                mbps
+            );
+            if let Some(s) = samples.get_mut(i) {
+                s.mbps.push(mbps);
+            }
         }
     }
-    let bulk_args = vec![
-        "bulk".to_string(),
-        format!("127.0.0.1:{sink}"),
-        BULK_BYTES.to_string(),
-    ];
-    let mut tput = [0.0f64; 2];
-    for via in [false, true] {
-        let v = measure(&mut client(via, &bulk_args))?;
-        let mbps = v["bytes"].as_f64().unwrap_or(0.0) / v["secs"].as_f64().unwrap_or(1.0) / 1e6;
-        println!(
-            "bulk   {:<8} {:>9.0} MB/s (1 GiB)",
-            if via { "gateway" } else { "direct" },
-            mbps
-        );
-        if let Some(slot) = tput.get_mut(usize::from(via)) {
-            *slot = mbps;
-        }
-    }
-    let sessions = daemon.cli().args(["status", "--json"]).output()?;
-    let status: Value = serde_json::from_slice(&sessions.stdout).unwrap_or_default();
+    let status = daemon.cli().args(["status", "--json"]).output()?;
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+    let [d, n, g] = samples.map(|s| (median(s.rate), median(s.p50), median(s.p99), median(s.mbps)));
     println!(
-        "\nsummary (medians of {ROUNDS} alternating rounds of {CONNECTS_PER_ROUND} connects; gateway / direct):"
-    );
-    let (dr, gr) = (median(d_rate), median(g_rate));
-    let (dl50, gl50) = (median(d50), median(g50));
-    let (dl99, gl99) = (median(d99), median(g99));
-    println!(
-        "  connect+echo rate     {gr:>9.0} vs {dr:>9.0} conn/s   ratio {:.2}x",
-        gr / dr
+        "\nsummary: medians of {ROUNDS} alternating rounds of {CONNECTS_PER_ROUND} connects and {BULK_ROUNDS} of 1 GiB;"
     );
     println!(
-        "  connect+echo p50      {gl50:>9.1} vs {dl50:>9.1} µs       ratio {:.2}x (target <= 1.5x)",
-        gl50 / dl50
+        "ratios against direct (and, for reference, a naive tokio relay measured in the same run):"
     );
     println!(
-        "  connect+echo p99      {gl99:>9.1} vs {dl99:>9.1} µs       ratio {:.2}x",
-        gl99 / dl99
+        "  connect+echo rate   cordon {:>7.0}  naive {:>7.0}  direct {:>7.0} conn/s   cordon {:.2}x  naive {:.2}x",
+        g.0, n.0, d.0, g.0 / d.0, n.0 / d.0
     );
     println!(
-        "  bulk 1 GiB            {:>9.0} vs {:>9.0} MB/s     ratio {:.2}x (target >= 0.8x)",
-        tput[1],
-        tput[0],
-        tput[1] / tput[0]
+        "  connect+echo p50    cordon {:>7.1}  naive {:>7.1}  direct {:>7.1} µs       cordon {:.2}x  naive {:.2}x  (target <= 1.5x)",
+        g.1, n.1, d.1, g.1 / d.1, n.1 / d.1
     );
     println!(
-        "  sessions recorded by the gateway: {}",
+        "  connect+echo p99    cordon {:>7.1}  naive {:>7.1}  direct {:>7.1} µs       cordon {:.2}x  naive {:.2}x",
+        g.2, n.2, d.2, g.2 / d.2, n.2 / d.2
+    );
+    println!(
+        "  bulk 1 GiB          cordon {:>7.0}  naive {:>7.0}  direct {:>7.0} MB/s     cordon {:.2}x  naive {:.2}x  (target >= 0.8x)",
+        g.3, n.3, d.3, g.3 / d.3, n.3 / d.3
+    );
+    println!(
+        "  sessions recorded by cordon: {}",
         status["sessions"]["recorded"]
     );
     drop(daemon);
