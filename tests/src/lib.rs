@@ -702,56 +702,41 @@ impl Daemon {
         )
     }
 
-    /// `cordon status --json`.
-    pub fn status(&self) -> Value {
-        let out = self.cordon_output(&["status", "--json"]);
+    /// `cordon ARGS` (which must include `--json`): its JSON output, or a
+    /// panic with its stderr and the daemon's context.
+    fn cordon_json(&self, args: &[&str]) -> Value {
+        let out = self.cordon_output(args);
+        let what = args.join(" ");
         assert!(
             out.status.success(),
-            "cordon status failed: {}\n{}",
+            "cordon {what} failed: {}\n{}",
             String::from_utf8_lossy(&out.stderr),
             self.context()
         );
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!(
-                "cordon status --json printed bad JSON ({e}): {}",
+                "cordon {what} printed bad JSON ({e}): {}",
                 String::from_utf8_lossy(&out.stdout)
             )
         })
     }
 
+    /// `cordon status --json`.
+    pub fn status(&self) -> Value {
+        self.cordon_json(&["status", "--json"])
+    }
+
     /// `cordon sessions list --json`, newest first.
     pub fn sessions(&self) -> Vec<Value> {
-        let out = self.cordon_output(&["sessions", "list", "--limit", "10000", "--json"]);
-        assert!(
-            out.status.success(),
-            "cordon sessions list failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.context()
-        );
-        match serde_json::from_slice(&out.stdout) {
-            Ok(Value::Array(list)) => list,
-            other => panic!(
-                "cordon sessions list --json did not print an array ({other:?}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            ),
+        match self.cordon_json(&["sessions", "list", "--limit", "10000", "--json"]) {
+            Value::Array(list) => list,
+            other => panic!("cordon sessions list --json did not print an array: {other}"),
         }
     }
 
     /// `cordon sessions show ID --json`.
     pub fn session(&self, id: &str) -> Value {
-        let out = self.cordon_output(&["sessions", "show", id, "--json"]);
-        assert!(
-            out.status.success(),
-            "cordon sessions show {id} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.context()
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "cordon sessions show --json printed bad JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        self.cordon_json(&["sessions", "show", id, "--json"])
     }
 
     /// Polls the session list (every 50 ms, up to 10 s) until one session

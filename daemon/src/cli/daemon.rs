@@ -158,12 +158,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
 
     let control = control::bind(&config.daemon.control_socket)?;
+    // After `proxy::bind`, which raised the open-file limit the slots are
+    // sized against.
+    let stats = Stats {
+        allowed: Default::default(),
+        denied: Default::default(),
+        active: Default::default(),
+        slots: proxy::Slots::new(&config),
+    };
     let gw = Arc::new(Gateway {
         config,
         capture: RwLock::new(capture),
         identity,
         audit: audit.clone(),
-        stats: Stats::default(),
+        stats,
         pipes: proxy::splice::PipePool::default(),
         deferred: audit.deferred(),
     });

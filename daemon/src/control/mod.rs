@@ -243,7 +243,7 @@ struct ConnLimiter {
 #[derive(Debug, Default)]
 struct ConnCounts {
     total: usize,
-    unprivileged: usize,
+    /// Open connections of unprivileged callers, by uid.
     per_uid: HashMap<u32, usize>,
 }
 
@@ -272,13 +272,13 @@ impl ConnLimiter {
                         "control socket busy: uid {uid} already has {MAX_PER_USER} connections open; try again"
                     ));
                 }
-                if c.unprivileged >= MAX_CONNECTIONS - RESERVED_FOR_ROOT {
+                let unprivileged: usize = c.per_uid.values().sum();
+                if unprivileged >= MAX_CONNECTIONS - RESERVED_FOR_ROOT {
                     return Err(format!(
                         "control socket busy: {} connections of unprivileged users already open; try again",
                         MAX_CONNECTIONS - RESERVED_FOR_ROOT
                     ));
                 }
-                c.unprivileged += 1;
                 c.per_uid.insert(uid, mine + 1);
             }
             c.total += 1;
@@ -294,7 +294,6 @@ impl Drop for ConnSlot {
         };
         c.total = c.total.saturating_sub(1);
         if self.uid != 0 {
-            c.unprivileged = c.unprivileged.saturating_sub(1);
             if let Some(n) = c.per_uid.get_mut(&self.uid) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
@@ -642,9 +641,10 @@ fn join(gw: &Gateway, caller: &Caller, agent: &str) -> Result<Response, Response
             .read()
             .map(|c| c.unix_enforced())
             .unwrap_or(false);
-    Ok(Response::ok(
-        serde_json::json!({ "cgroup": cgroup, "unix_sockets": unix_sockets }),
-    ))
+    Ok(reply(&Joined {
+        cgroup,
+        unix_sockets,
+    }))
 }
 
 fn pin(gw: &Gateway, agent: &str, cgroup: &Path) -> Result<Response, Response> {

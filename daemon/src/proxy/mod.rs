@@ -14,7 +14,7 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, OnceLock, RwLock,
+        Arc, OnceLock, RwLock,
     },
     time::Duration,
 };
@@ -39,7 +39,6 @@ const BACKLOG: u32 = 8192;
 
 /// Counters shown by `cordon status`, and the session slots that bound
 /// how many sessions may be open at once.
-#[derive(Default)]
 pub struct Stats {
     pub allowed: AtomicU64,
     pub denied: AtomicU64,
@@ -130,12 +129,13 @@ fn set_nofile_limit(lim: &libc::rlimit) -> std::io::Result<()> {
 }
 
 /// Bounds on concurrent sessions: one semaphore for the whole daemon, one
-/// per agent. Sized from the config (and the open-file limit) on first use;
-/// permits are taken with `try_acquire`, never waited for.
-#[derive(Default)]
+/// per configured agent, all sized at start-up. Permits are taken with
+/// `try_acquire`, never waited for.
 pub struct Slots {
-    global: OnceLock<(Arc<Semaphore>, usize)>,
-    per_agent: Mutex<HashMap<String, Arc<Semaphore>>>,
+    global: Arc<Semaphore>,
+    global_limit: usize,
+    per_agent: HashMap<String, Arc<Semaphore>>,
+    per_agent_limit: usize,
 }
 
 /// Held for the life of a session; dropping it frees the slots.
@@ -145,69 +145,73 @@ pub struct SessionPermit {
 }
 
 impl Slots {
-    /// The global semaphore and its size: `max_sessions`, lowered to what
-    /// the open-file limit can hold (a session refused with a reset is
-    /// better than `accept` failing with EMFILE for every agent).
-    fn global(&self, config: &Config) -> &(Arc<Semaphore>, usize) {
-        self.global.get_or_init(|| {
-            let configured = config.daemon.max_sessions;
-            let mut size = configured;
-            match nofile_limit() {
-                Ok(lim) => {
-                    let fits = lim.rlim_cur.saturating_sub(RESERVED_FDS) / FDS_PER_SESSION;
-                    let fits = usize::try_from(fits).unwrap_or(usize::MAX).max(1);
-                    if fits < configured {
-                        warn!(
-                            max_sessions = configured,
-                            open_file_limit = lim.rlim_cur,
-                            effective = fits,
-                            "the open-file limit cannot hold max_sessions sessions ({FDS_PER_SESSION} descriptors each): capping concurrent sessions"
-                        );
-                        size = fits;
-                    }
+    /// The global size is `max_sessions`, lowered to what the open-file
+    /// limit can hold (a session refused with a reset is better than
+    /// `accept` failing with EMFILE for every agent).
+    pub fn new(config: &Config) -> Self {
+        let configured = config.daemon.max_sessions;
+        let mut size = configured;
+        match nofile_limit() {
+            Ok(lim) => {
+                let fits = lim.rlim_cur.saturating_sub(RESERVED_FDS) / FDS_PER_SESSION;
+                let fits = usize::try_from(fits).unwrap_or(usize::MAX).max(1);
+                if fits < configured {
+                    warn!(
+                        max_sessions = configured,
+                        open_file_limit = lim.rlim_cur,
+                        effective = fits,
+                        "the open-file limit cannot hold max_sessions sessions ({FDS_PER_SESSION} descriptors each): capping concurrent sessions"
+                    );
+                    size = fits;
                 }
-                Err(e) => warn!(error = %e, "cannot read the open-file limit"),
             }
-            let size = size.min(Semaphore::MAX_PERMITS);
-            info!(
-                max_sessions = size,
-                max_sessions_per_agent = config.daemon.max_sessions_per_agent,
-                "concurrent session limits"
-            );
-            (Arc::new(Semaphore::new(size)), size)
-        })
-    }
-
-    /// Sizes the semaphores now, so the effective limits are logged at
-    /// start-up rather than on the first connection.
-    pub fn init(&self, config: &Config) {
-        self.global(config);
+            Err(e) => warn!(error = %e, "cannot read the open-file limit"),
+        }
+        let global_limit = size.min(Semaphore::MAX_PERMITS);
+        let per_agent_limit = config
+            .daemon
+            .max_sessions_per_agent
+            .min(Semaphore::MAX_PERMITS);
+        info!(
+            max_sessions = global_limit,
+            max_sessions_per_agent = per_agent_limit,
+            "concurrent session limits"
+        );
+        Self {
+            global: Arc::new(Semaphore::new(global_limit)),
+            global_limit,
+            per_agent: config
+                .agents
+                .iter()
+                .map(|a| {
+                    (
+                        a.name.to_string(),
+                        Arc::new(Semaphore::new(per_agent_limit)),
+                    )
+                })
+                .collect(),
+            per_agent_limit,
+        }
     }
 
     /// A slot for one more session of `agent`, or the refusal naming the
-    /// limit that is reached.
-    pub fn try_take(&self, config: &Config, agent: &str) -> Result<SessionPermit, String> {
-        let per_agent_limit = config.daemon.max_sessions_per_agent;
-        let agent_sem = {
-            let mut map = self
-                .per_agent
-                .lock()
-                .map_err(|_| "session limits unavailable (lock poisoned)".to_owned())?;
-            match map.get(agent) {
-                Some(sem) => sem.clone(),
-                None => {
-                    let sem = Arc::new(Semaphore::new(per_agent_limit.min(Semaphore::MAX_PERMITS)));
-                    map.insert(agent.to_owned(), sem.clone());
-                    sem
-                }
-            }
-        };
-        let agent_permit = agent_sem.try_acquire_owned().map_err(|_| {
-            format!("too many concurrent sessions for agent `{agent}` (limit {per_agent_limit})")
+    /// limit that is reached. An agent without slots is refused.
+    pub fn try_take(&self, agent: &str) -> Result<SessionPermit, String> {
+        let agent_sem = self
+            .per_agent
+            .get(agent)
+            .ok_or_else(|| format!("no session slots for agent `{agent}`"))?;
+        let agent_permit = agent_sem.clone().try_acquire_owned().map_err(|_| {
+            format!(
+                "too many concurrent sessions for agent `{agent}` (limit {})",
+                self.per_agent_limit
+            )
         })?;
-        let (global_sem, global_limit) = self.global(config);
-        let global_permit = global_sem.clone().try_acquire_owned().map_err(|_| {
-            format!("too many concurrent sessions on this daemon (limit {global_limit})")
+        let global_permit = self.global.clone().try_acquire_owned().map_err(|_| {
+            format!(
+                "too many concurrent sessions on this daemon (limit {})",
+                self.global_limit
+            )
         })?;
         Ok(SessionPermit {
             _agent: agent_permit,
@@ -249,7 +253,6 @@ pub fn bind(listen: SocketAddr) -> std::io::Result<Vec<TcpListener>> {
 }
 
 pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
-    gw.stats.slots.init(&gw.config);
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -396,7 +399,7 @@ fn admit(
     let permit = gw
         .stats
         .slots
-        .try_take(&gw.config, principal.agent.as_str())
+        .try_take(principal.agent.as_str())
         .map_err(|reason| Refusal { reason })?;
     let resource = gw
         .config
@@ -477,7 +480,7 @@ mod tests {
 
     fn config(daemon_keys: &str) -> Config {
         let text = format!(
-            "[daemon]\nstate_dir = \"/tmp/s\"\ncontrol_socket = \"/tmp/c.sock\"\n{daemon_keys}\n"
+            "[daemon]\nstate_dir = \"/tmp/s\"\ncontrol_socket = \"/tmp/c.sock\"\n{daemon_keys}\n[[agent]]\nname = \"a\"\n[[agent]]\nname = \"b\"\n"
         );
         match Config::parse(std::path::Path::new("t.toml"), &text) {
             Ok(c) => c,
@@ -488,25 +491,27 @@ mod tests {
     #[test]
     fn session_slots_are_bounded_per_agent_and_globally() {
         let cfg = config("max_sessions = 3\nmax_sessions_per_agent = 2");
-        let slots = Slots::default();
-        let a1 = slots.try_take(&cfg, "a");
-        let a2 = slots.try_take(&cfg, "a");
+        let slots = Slots::new(&cfg);
+        let a1 = slots.try_take("a");
+        let a2 = slots.try_take("a");
         assert!(a1.is_ok() && a2.is_ok());
         assert_eq!(
-            slots.try_take(&cfg, "a").err(),
+            slots.try_take("a").err(),
             Some("too many concurrent sessions for agent `a` (limit 2)".to_owned())
         );
-        let b1 = slots.try_take(&cfg, "b");
+        let b1 = slots.try_take("b");
         assert!(b1.is_ok());
         assert_eq!(
-            slots.try_take(&cfg, "b").err(),
+            slots.try_take("b").err(),
             Some("too many concurrent sessions on this daemon (limit 3)".to_owned())
         );
         // A refused attempt holds nothing; an ended session frees its slots.
         drop(a1);
-        assert!(slots.try_take(&cfg, "b").is_ok());
+        assert!(slots.try_take("b").is_ok());
         drop((a2, b1));
-        let again: Vec<_> = (0..2).map(|_| slots.try_take(&cfg, "a")).collect();
+        let again: Vec<_> = (0..2).map(|_| slots.try_take("a")).collect();
         assert!(again.iter().all(Result::is_ok));
+        // Only configured agents have slots.
+        assert!(slots.try_take("ghost").is_err());
     }
 }
