@@ -7,8 +7,11 @@ mod config;
 mod control;
 mod grants;
 mod identity;
+mod masking;
 mod pins;
+mod policy;
 mod proxy;
+mod vault;
 
 pub(crate) use audit::rfc3339;
 

@@ -3,9 +3,11 @@
 
 pub mod daemon;
 pub mod pin;
+pub mod policy;
 pub mod run;
 pub mod sessions;
 pub mod status;
+pub mod vault;
 
 use std::path::Path;
 

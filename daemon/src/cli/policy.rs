@@ -1,0 +1,1 @@
+//! `cordon policy check` (placeholder, being written).

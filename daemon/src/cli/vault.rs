@@ -1,0 +1,1 @@
+//! `cordon vault` (placeholder, being written).

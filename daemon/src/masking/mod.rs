@@ -1,0 +1,1 @@
+//! Masking: column rules and value detectors applied to responses (placeholder, being written).

@@ -1,0 +1,1 @@
+//! Policy: SQL statements -> decisions (placeholder, being written).

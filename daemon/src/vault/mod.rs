@@ -1,0 +1,1 @@
+//! Vault: encrypted credential store (placeholder, being written).
