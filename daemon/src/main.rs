@@ -66,6 +66,19 @@ enum Command {
         #[command(subcommand)]
         command: SessionsCommand,
     },
+    /// Credentials the proxy injects upstream (values are never shown).
+    /// The transcript of a recorded session: every statement, verdict,
+    /// rule, timing, rows and masked columns.
+    Replay { id: String },
+    /// Policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    Vault {
+        #[command(subcommand)]
+        command: VaultCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -85,6 +98,49 @@ enum SessionsCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate policy files (errors name the file and line).
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum VaultCommand {
+    /// Store or replace an entry; the secret is read from stdin.
+    Set {
+        name: String,
+        #[arg(long, value_enum, default_value_t = VaultKind::Password)]
+        kind: VaultKind,
+    },
+    /// List entries: name, kind and last change, never values.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an entry.
+    Rm { name: String },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum VaultKind {
+    Password,
+    SshKey,
+    Token,
+}
+
+impl From<VaultKind> for vault::SecretKind {
+    fn from(k: VaultKind) -> Self {
+        match k {
+            VaultKind::Password => Self::Password,
+            VaultKind::SshKey => Self::SshKey,
+            VaultKind::Token => Self::Token,
+        }
+    }
 }
 
 fn init_tracing(daemon: bool) {
@@ -112,6 +168,15 @@ fn main() -> ExitCode {
                 cli::sessions::list(&config, agent, limit, json)
             }
             SessionsCommand::Show { id, json } => cli::sessions::show(&config, &id, json),
+        },
+        Command::Replay { id } => cli::replay::run(&config, &id),
+        Command::Policy { command } => match command {
+            PolicyCommand::Check { files } => cli::policy::check(&files),
+        },
+        Command::Vault { command } => match command {
+            VaultCommand::Set { name, kind } => cli::vault::set(&config, &name, kind.into()),
+            VaultCommand::List { json } => cli::vault::list(&config, json),
+            VaultCommand::Rm { name } => cli::vault::rm(&config, &name),
         },
     };
     match result {

@@ -25,6 +25,8 @@ use tempfile::TempDir;
 
 pub use serde_json;
 
+pub mod pg;
+
 /// uid/gid the probe drops to when a test wants an unprivileged agent.
 pub const NOBODY: u32 = 65534;
 

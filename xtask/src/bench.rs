@@ -22,7 +22,8 @@ const BULK_ROUNDS: usize = 2;
 pub fn run(kind: &str) -> Result<()> {
     match kind {
         "connect" => connect(),
-        other => bail!("unknown benchmark `{other}` (available: connect)"),
+        "postgres" => crate::bench_pg::run(),
+        other => bail!("unknown benchmark `{other}` (available: connect, postgres)"),
     }
 }
 

@@ -4,6 +4,7 @@
 //! is printed to stderr and the process exits with status 1.
 
 mod bench;
+mod bench_pg;
 mod demo;
 mod gateway;
 mod setup;

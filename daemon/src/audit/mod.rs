@@ -9,6 +9,8 @@
 //! start, leftover journals are replayed into sled. A power loss can lose at
 //! most the last checkpoint interval.
 
+pub mod statements;
+
 use std::{
     fmt,
     fs::{File, OpenOptions},
@@ -54,8 +56,12 @@ pub enum AuditError {
 pub struct SessionId(u64);
 
 impl SessionId {
-    fn key(self) -> [u8; 8] {
+    pub(crate) fn key(self) -> [u8; 8] {
         self.0.to_be_bytes()
+    }
+    #[cfg(test)]
+    pub(crate) fn from_raw(v: u64) -> Self {
+        Self(v)
     }
 }
 
@@ -337,6 +343,12 @@ impl Store {
 
     pub fn count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// The sled database the sessions live in, for the other stores that
+    /// share it (sled allows one process per database).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
     }
 }
 

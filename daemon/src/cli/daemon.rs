@@ -1,7 +1,8 @@
 //! `cordon daemon --config FILE [--uninstall]`: start-up order matters:
-//! audit store, listeners, programs (pointed at the listener), agent
-//! cgroups, control socket, then serve until SIGTERM/SIGINT. Pins stay in
-//! place on exit, so agents stay cordoned (refused) while the daemon is down.
+//! audit store (and the vault, in the same database), listeners, programs
+//! (pointed at the listener), agent cgroups, control socket, then serve
+//! until SIGTERM/SIGINT. Pins stay in place on exit, so agents stay
+//! cordoned (refused) while the daemon is down.
 
 use std::{
     path::{Path, PathBuf},
@@ -21,6 +22,7 @@ use crate::{
     config::Config,
     control, identity, pins,
     proxy::{self, Gateway, Stats},
+    vault,
 };
 
 /// The daemon's own cgroup under `cgroup_root` when it was started in the
@@ -60,6 +62,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     create_private_dir(&state_dir)?;
     let audit =
         Arc::new(audit::Store::open(&audit_dir(&state_dir)).context("opening the session store")?);
+    let vault = Arc::new(
+        vault::Vault::open(audit.db(), &state_dir).context("opening the credential vault")?,
+    );
+    info!(key = %vault.key_path().display(), "credential vault open");
+    let postgres = proxy::postgres::Shared::new(&config, audit.db())
+        .context("preparing the postgres handler")?;
     let stop = Arc::new(AtomicBool::new(false));
     let checkpointer = spawn_checkpointer(audit.clone(), stop.clone());
 
@@ -171,6 +179,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         capture: RwLock::new(capture),
         identity,
         audit: audit.clone(),
+        vault,
+        postgres,
         stats,
         pipes: proxy::splice::PipePool::default(),
         deferred: audit.deferred(),

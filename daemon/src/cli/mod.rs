@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod pin;
+pub mod replay;
 pub mod policy;
 pub mod run;
 pub mod sessions;

@@ -8,7 +8,10 @@
 
 use std::{borrow::Cow, fmt::Write as _, path::Path};
 
-use crate::{audit::Session, control::Request};
+use crate::{
+    audit::{statements::StatementRecord, Session},
+    control::Request,
+};
 
 pub fn list(config: &Path, agent: Option<String>, limit: usize, json: bool) -> anyhow::Result<()> {
     let data = super::call(config, &Request::SessionsList { agent, limit })?;
@@ -54,9 +57,19 @@ pub fn list(config: &Path, agent: Option<String>, limit: usize, json: bool) -> a
     Ok(())
 }
 
+/// The statements recorded for a session (empty for protocols without
+/// commands, such as tcp).
+pub fn statements(config: &Path, id: &str) -> anyhow::Result<Vec<StatementRecord>> {
+    super::call_typed(config, &Request::SessionStatements { id: id.to_owned() })
+}
+
 pub fn show(config: &Path, id: &str, json: bool) -> anyhow::Result<()> {
-    let data = super::call(config, &Request::SessionsShow { id: id.to_owned() })?;
+    let mut data = super::call(config, &Request::SessionsShow { id: id.to_owned() })?;
+    let stmts = statements(config, id)?;
     if json {
+        if let Some(obj) = data.as_object_mut() {
+            obj.insert("statements".into(), serde_json::to_value(&stmts)?);
+        }
         println!("{}", serde_json::to_string_pretty(&data)?);
         return Ok(());
     }
@@ -80,7 +93,48 @@ pub fn show(config: &Path, id: &str, json: bool) -> anyhow::Result<()> {
     println!("ended        {}", opt(&s.ended_at));
     println!("bytes        {} up, {} down", s.bytes_up, s.bytes_down);
     println!("end          {}", opt(&s.end_reason));
+    if !stmts.is_empty() {
+        println!("statements   {}", stmts.len());
+        println!(
+            "  {:>5}  {:<8} {:>10} {:>7}  {:<28}  {:<20}  STATEMENT",
+            "SEQ", "VERDICT", "DURATION", "ROWS", "RULE", "MASKED"
+        );
+        for st in &stmts {
+            println!(
+                "  {:>5}  {:<8} {:>8}us {:>7}  {:<28}  {:<20}  {}{}",
+                st.seq,
+                verdict_label(&st.verdict),
+                st.duration_us,
+                st.rows,
+                escape(&st.rule),
+                escape(&if st.masked.is_empty() {
+                    "-".to_owned()
+                } else {
+                    st.masked.join(",")
+                }),
+                escape(&one_line(&st.text)),
+                match (&st.reason, &st.error) {
+                    (Some(r), _) => format!("  -- {}", escape(r)),
+                    (None, Some(e)) => format!("  -- failed upstream: {}", escape(e)),
+                    (None, None) => String::new(),
+                }
+            );
+        }
+    }
     Ok(())
+}
+
+pub fn verdict_label(v: &str) -> &'static str {
+    match v {
+        "allow" => "allow",
+        "approve" => "HELD",
+        _ => "DENY",
+    }
+}
+
+/// Statement text on one line (newlines and runs of spaces folded).
+pub fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Text safe to print to a terminal: C0 controls (below 0x20), DEL (0x7f)

@@ -77,6 +77,9 @@ struct RawDaemon {
     /// other still open) before cordon ends it.
     #[serde(default = "default_half_close_timeout")]
     half_close_timeout_secs: u64,
+    /// Where `policy = "NAME"` of a resource is looked up (NAME.toml).
+    #[serde(default = "default_policy_dir")]
+    policy_dir: PathBuf,
 }
 
 fn default_listen() -> String {
@@ -84,6 +87,9 @@ fn default_listen() -> String {
 }
 fn default_bpffs() -> PathBuf {
     PathBuf::from("/sys/fs/bpf/cordon")
+}
+fn default_policy_dir() -> PathBuf {
+    PathBuf::from("/etc/cordon/policies")
 }
 fn default_connect_timeout() -> u64 {
     10
@@ -119,6 +125,19 @@ struct RawResource {
     address: String,
     credential: Option<String>,
     policy: Option<String>,
+    /// postgres: the role Cordon logs in as upstream (default: the user the
+    /// agent asks for).
+    upstream_user: Option<String>,
+    /// postgres: answer SSLRequest with TLS, presenting a certificate from
+    /// Cordon's local CA (`<state_dir>/ca.crt`). Default: answer 'N'.
+    #[serde(default)]
+    agent_tls: bool,
+    /// postgres: `disable` (default) or `verify-full`.
+    upstream_tls: Option<String>,
+    /// CA certificate(s) (PEM) the upstream's certificate must chain to.
+    upstream_ca: Option<PathBuf>,
+    /// Name the upstream certificate must carry (default: the address's IP).
+    upstream_server_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +146,10 @@ struct RawGrant {
     agent: String,
     resource: String,
     expires: String,
+    /// postgres: the only role (user) the agent may ask for.
+    role: Option<String>,
+    /// postgres: the only database the agent may ask for.
+    database: Option<String>,
 }
 
 /// A validated configuration.
@@ -156,6 +179,7 @@ pub struct Daemon {
     pub max_sessions_per_agent: usize,
     /// How long a session may stay half-closed before cordon ends it.
     pub half_close_timeout: std::time::Duration,
+    pub policy_dir: PathBuf,
 }
 
 /// An agent name: also a cgroup directory and a bpffs directory name (bpffs
@@ -203,12 +227,14 @@ pub struct Agent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Tcp,
+    Postgres,
 }
 
 impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
+            Protocol::Postgres => "postgres",
         }
     }
 }
@@ -218,6 +244,27 @@ pub struct Resource {
     pub name: String,
     pub protocol: Protocol,
     pub address: SocketAddr,
+    /// Set for `protocol = "postgres"`.
+    pub postgres: Option<PostgresResource>,
+}
+
+/// What the postgres handler needs to know about one database.
+#[derive(Debug, Clone)]
+pub struct PostgresResource {
+    /// Vault entry holding the upstream role's password.
+    pub credential: String,
+    /// The role Cordon logs in as; None = the user the agent asked for.
+    pub upstream_user: Option<String>,
+    pub policy: std::sync::Arc<crate::policy::Policy>,
+    pub agent_tls: bool,
+    pub upstream_tls: Option<UpstreamTls>,
+}
+
+/// TLS to the upstream, verified against `ca` for `server_name`.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub ca: PathBuf,
+    pub server_name: String,
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +272,10 @@ pub struct Grant {
     pub agent: AgentName,
     pub resource: String,
     pub expires: OffsetDateTime,
+    /// postgres: the only role the agent may ask for.
+    pub role: Option<String>,
+    /// postgres: the only database the agent may ask for.
+    pub database: Option<String>,
 }
 
 /// A unix socket name agents may connect to: a path, or `@name` for the
@@ -373,6 +424,7 @@ impl Config {
             max_sessions,
             max_sessions_per_agent,
             half_close_timeout: std::time::Duration::from_secs(d.half_close_timeout_secs),
+            policy_dir: d.policy_dir,
         };
 
         let mut agents = Vec::new();
@@ -418,11 +470,12 @@ impl Config {
             }
             let protocol = match r.protocol.as_str() {
                 "tcp" => Protocol::Tcp,
-                "postgres" | "ssh" | "http" => {
+                "postgres" => Protocol::Postgres,
+                "ssh" | "http" => {
                     return Err(invalid(
                         format!("resource[{i}].protocol"),
                         format!(
-                            "protocol `{}` is not supported by this build yet (supported: tcp)",
+                            "protocol `{}` is not supported by this build yet (supported: tcp, postgres)",
                             r.protocol
                         ),
                     ))
@@ -459,24 +512,44 @@ impl Config {
                     ),
                 ));
             }
-            // A tcp resource is relayed byte for byte: no credential is
-            // injected and no per-command policy applies, so accepting these
-            // keys would promise protection that is not there.
-            for (key, value) in [("credential", &r.credential), ("policy", &r.policy)] {
-                if value.is_some() {
-                    return Err(invalid(
-                        format!("resource[{i}].{key}"),
-                        format!(
-                            "`{key}` has no effect on protocol `{}` resources; remove it",
-                            protocol.as_str()
-                        ),
-                    ));
+            let postgres = match protocol {
+                Protocol::Tcp => {
+                    // A tcp resource is relayed byte for byte: no credential is
+                    // injected and no per-command policy applies, so accepting these
+                    // keys would promise protection that is not there.
+                    let set = [
+                        ("credential", r.credential.is_some()),
+                        ("policy", r.policy.is_some()),
+                        ("upstream_user", r.upstream_user.is_some()),
+                        ("agent_tls", r.agent_tls),
+                        ("upstream_tls", r.upstream_tls.is_some()),
+                        ("upstream_ca", r.upstream_ca.is_some()),
+                        ("upstream_server_name", r.upstream_server_name.is_some()),
+                    ];
+                    if let Some((key, _)) = set.iter().find(|(_, on)| *on) {
+                        return Err(invalid(
+                            format!("resource[{i}].{key}"),
+                            format!(
+                                "`{key}` has no effect on protocol `{}` resources; remove it",
+                                protocol.as_str()
+                            ),
+                        ));
+                    }
+                    None
                 }
-            }
+                Protocol::Postgres => Some(postgres_resource(
+                    &r,
+                    i,
+                    address,
+                    &daemon.policy_dir,
+                    &invalid,
+                )?),
+            };
             resources.push(Resource {
                 name: r.name,
                 protocol,
                 address,
+                postgres,
             });
         }
 
@@ -506,10 +579,32 @@ impl Config {
                     ),
                 )
             })?;
+            let is_pg = resources
+                .iter()
+                .any(|r| r.name == g.resource && r.protocol == Protocol::Postgres);
+            for (key, value) in [("role", &g.role), ("database", &g.database)] {
+                match value {
+                    Some(_) if !is_pg => {
+                        return Err(invalid(
+                            format!("grant[{i}].{key}"),
+                            format!("`{key}` only applies to grants on postgres resources"),
+                        ))
+                    }
+                    Some(v) if v.is_empty() || v.len() > 63 || v.contains('\0') => {
+                        return Err(invalid(
+                            format!("grant[{i}].{key}"),
+                            format!("expected a PostgreSQL name of 1-63 bytes, got `{v}`"),
+                        ))
+                    }
+                    _ => {}
+                }
+            }
             grants.push(Grant {
                 agent,
                 resource: g.resource,
                 expires,
+                role: g.role,
+                database: g.database,
             });
         }
 
@@ -531,6 +626,93 @@ impl Config {
         let dst = canonical(dst);
         self.resources.iter().find(|r| r.address == dst)
     }
+}
+
+/// Validates the postgres keys of `resource[i]` and loads its policy.
+fn postgres_resource(
+    r: &RawResource,
+    i: usize,
+    address: SocketAddr,
+    policy_dir: &Path,
+    invalid: &dyn Fn(String, String) -> ConfigError,
+) -> Result<PostgresResource, ConfigError> {
+    let credential = r.credential.clone().ok_or_else(|| {
+        invalid(
+            format!("resource[{i}].credential"),
+            "a postgres resource needs `credential`, the vault entry with the upstream password (`cordon vault set NAME`)".into(),
+        )
+    })?;
+    let policy_name = r.policy.clone().ok_or_else(|| {
+        invalid(
+            format!("resource[{i}].policy"),
+            "a postgres resource needs `policy`, e.g. \"pg-readonly\" (a file in daemon.policy_dir) or an absolute path".into(),
+        )
+    })?;
+    let policy_path = if policy_name.starts_with('/') {
+        PathBuf::from(&policy_name)
+    } else if AgentName::parse(&policy_name).is_ok() {
+        policy_dir.join(format!("{policy_name}.toml"))
+    } else {
+        return Err(invalid(
+            format!("resource[{i}].policy"),
+            format!("expected a policy name of [A-Za-z0-9_-] or an absolute path, got `{policy_name}`"),
+        ));
+    };
+    let policy = crate::policy::load(&policy_path)
+        .map_err(|e| invalid(format!("resource[{i}].policy"), e.to_string()))?;
+    if let Some(u) = &r.upstream_user {
+        if u.is_empty() || u.len() > 63 || u.contains('\0') {
+            return Err(invalid(
+                format!("resource[{i}].upstream_user"),
+                format!("expected a PostgreSQL role name of 1-63 bytes, got `{u}`"),
+            ));
+        }
+    }
+    let upstream_tls = match r.upstream_tls.as_deref() {
+        None | Some("disable") => {
+            if r.upstream_ca.is_some() || r.upstream_server_name.is_some() {
+                return Err(invalid(
+                    format!("resource[{i}].upstream_tls"),
+                    "`upstream_ca`/`upstream_server_name` need upstream_tls = \"verify-full\"".into(),
+                ));
+            }
+            None
+        }
+        Some("verify-full") => {
+            let ca = r.upstream_ca.clone().ok_or_else(|| {
+                invalid(
+                    format!("resource[{i}].upstream_ca"),
+                    "upstream_tls = \"verify-full\" needs `upstream_ca`, the CA certificate file (PEM)".into(),
+                )
+            })?;
+            if !ca.is_absolute() {
+                return Err(invalid(
+                    format!("resource[{i}].upstream_ca"),
+                    format!("expected an absolute path, got `{}`", ca.display()),
+                ));
+            }
+            Some(UpstreamTls {
+                ca,
+                server_name: r
+                    .upstream_server_name
+                    .clone()
+                    .unwrap_or_else(|| address.ip().to_string()),
+            })
+        }
+        Some(other) => {
+            return Err(invalid(
+                format!("resource[{i}].upstream_tls"),
+                format!("expected `disable` or `verify-full`, got `{other}`"),
+            ))
+        }
+    };
+    Ok(PostgresResource {
+        credential,
+        upstream_user: r.upstream_user.clone(),
+        policy: std::sync::Arc::new(policy),
+        agent_tls: r.agent_tls,
+        upstream_tls,
+    })
 }
 
 /// IPv4-mapped IPv6 addresses compare as the IPv4 address they carry.

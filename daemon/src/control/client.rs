@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Request, Response};
+use super::{Request, Response, MAX_REQUEST};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -26,6 +26,10 @@ pub enum ClientError {
     },
     #[error("the daemon sent an unreadable response: {0}")]
     Decode(#[source] serde_json::Error),
+    #[error("the request could not be encoded: {0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("the request is {len} bytes encoded; the daemon accepts at most {MAX_REQUEST}")]
+    TooLarge { len: usize },
     #[error("{0}")]
     Refused(String),
 }
@@ -64,6 +68,13 @@ fn exchange(socket: &Path, request: &Request) -> Result<Response, ClientError> {
         path: socket.to_owned(),
         source,
     };
+    // May carry a secret (`vault_set`): zeroed when dropped.
+    let mut line = zeroize::Zeroizing::new(Vec::with_capacity(4096));
+    serde_json::to_writer(&mut *line, request).map_err(ClientError::Encode)?;
+    line.push(b'\n');
+    if line.len() > MAX_REQUEST {
+        return Err(ClientError::TooLarge { len: line.len() });
+    }
     let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
         path: socket.to_owned(),
         source,
@@ -71,8 +82,6 @@ fn exchange(socket: &Path, request: &Request) -> Result<Response, ClientError> {
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(io)?;
-    let mut line = serde_json::to_vec(request).map_err(ClientError::Decode)?;
-    line.push(b'\n');
     // A daemon that turned the connection away (busy) may have closed it
     // before the request went out; its reply is still there to read.
     let sent = stream.write_all(&line);

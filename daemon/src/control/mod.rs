@@ -25,10 +25,15 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use crate::{audit::SessionId, capture, proxy::Gateway};
+use crate::{
+    audit::SessionId,
+    capture,
+    proxy::Gateway,
+    vault::{Secret, SecretKind},
+};
 
 /// Largest request accepted, in bytes.
-const MAX_REQUEST: usize = 64 * 1024;
+pub const MAX_REQUEST: usize = 64 * 1024;
 
 /// Control connections open at once, all callers together.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -57,6 +62,10 @@ pub enum Request {
     SessionsShow {
         id: String,
     },
+    /// The statements recorded for a session, in order.
+    SessionStatements {
+        id: String,
+    },
     /// Move the calling process into an agent's cgroup.
     Join {
         agent: String,
@@ -66,6 +75,39 @@ pub enum Request {
         agent: String,
         cgroup: PathBuf,
     },
+    /// Store (or replace) a vault entry.
+    VaultSet {
+        name: String,
+        kind: SecretKind,
+        secret: WireSecret,
+    },
+    /// Names, kinds and change times of the vault entries, never values.
+    VaultList,
+    VaultRm {
+        name: String,
+    },
+}
+
+/// A secret inside a control request: a JSON string on the wire, a
+/// [`Secret`] (redacted `Debug`, zeroed on drop) everywhere else, so a
+/// logged or printed [`Request`] never shows it.
+#[derive(Debug)]
+pub struct WireSecret(pub Secret);
+
+impl Serialize for WireSecret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.expose_str() {
+            Some(text) => s.serialize_str(text),
+            None => Err(serde::ser::Error::custom("the secret is not UTF-8 text")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WireSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // The String's buffer becomes the Secret's: no copy is left behind.
+        String::deserialize(d).map(|text| WireSecret(Secret::new(text.into_bytes())))
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -151,6 +193,19 @@ pub struct Joined {
     /// Whether the kernel enforces the unix-socket allow list (else the
     /// caller must refuse unix sockets itself).
     pub unix_sockets: bool,
+}
+
+/// `vault_set` reply.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VaultStored {
+    pub name: String,
+    pub kind: SecretKind,
+}
+
+/// `vault_rm` reply.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VaultRemoved {
+    pub name: String,
 }
 
 /// `pin` reply.
@@ -313,7 +368,9 @@ async fn handle(
     // Pin down *which process* connected now, before the pid can be reused.
     let process = PeerProcess::of(&stream, pid);
     let (r, mut w) = stream.into_split();
-    let mut line = String::new();
+    // The request may carry a secret (`vault_set`): the line is zeroed when
+    // dropped, and sized so that reading never reallocates (and so copies) it.
+    let mut line = zeroize::Zeroizing::new(String::with_capacity(MAX_REQUEST));
     let mut reader = BufReader::new(r.take(MAX_REQUEST as u64));
     let response = match tokio::time::timeout(REQUEST_DEADLINE, reader.read_line(&mut line)).await {
         Err(_elapsed) => Response::err(format!(
@@ -527,6 +584,14 @@ fn dispatch(gw: &Arc<Gateway>, caller: &Caller, req: Request) -> Response {
                 .map(|v| reply(&v))
                 .map_err(|e| Response::err(e.to_string()))
         }),
+        Request::SessionStatements { id } => require_root(caller).and_then(|()| {
+            let id: SessionId = id.parse().map_err(Response::err)?;
+            gw.postgres
+                .statements
+                .of_session(id)
+                .map(|v| reply(&v))
+                .map_err(|e| Response::err(e.to_string()))
+        }),
         Request::SessionsShow { id } => require_root(caller).and_then(|()| {
             let id: SessionId = id.parse().map_err(Response::err)?;
             match gw.audit.get(id) {
@@ -539,8 +604,44 @@ fn dispatch(gw: &Arc<Gateway>, caller: &Caller, req: Request) -> Response {
         Request::Pin { agent, cgroup } => {
             require_root(caller).and_then(|()| pin(gw, &agent, &cgroup))
         }
+        Request::VaultSet { name, kind, secret } => {
+            require_root(caller).and_then(|()| vault_set(gw, caller, name, kind, &secret.0))
+        }
+        Request::VaultList => require_root(caller).and_then(|()| {
+            gw.vault
+                .list()
+                .map(|v| reply(&v))
+                .map_err(|e| Response::err(e.to_string()))
+        }),
+        Request::VaultRm { name } => require_root(caller).and_then(|()| vault_rm(gw, caller, name)),
     };
     result.unwrap_or_else(|e| e)
+}
+
+fn vault_set(
+    gw: &Gateway,
+    caller: &Caller,
+    name: String,
+    kind: SecretKind,
+    secret: &Secret,
+) -> Result<Response, Response> {
+    gw.vault
+        .set(&name, kind, secret)
+        .map_err(|e| Response::err(e.to_string()))?;
+    tracing::info!(entry = %name, %kind, uid = caller.uid, "vault entry stored");
+    Ok(reply(&VaultStored { name, kind }))
+}
+
+fn vault_rm(gw: &Gateway, caller: &Caller, name: String) -> Result<Response, Response> {
+    let removed = gw
+        .vault
+        .remove(&name)
+        .map_err(|e| Response::err(e.to_string()))?;
+    if !removed {
+        return Err(Response::err(format!("no vault entry `{name}`")));
+    }
+    tracing::info!(entry = %name, uid = caller.uid, "vault entry removed");
+    Ok(reply(&VaultRemoved { name }))
 }
 
 fn status(gw: &Gateway) -> Response {
@@ -737,6 +838,37 @@ mod tests {
         assert!(limiter.clone().try_take(1000).is_ok());
         let counts = limiter.state.lock().map(|c| c.per_uid.len()).unwrap_or(99);
         assert_eq!(counts, 0, "per-uid entries are removed when they reach 0");
+    }
+
+    #[test]
+    fn vault_set_requests_carry_the_secret_but_never_show_it() {
+        let req = Request::VaultSet {
+            name: "db1".into(),
+            kind: SecretKind::SshKey,
+            secret: WireSecret(Secret::new(b"hunter2\n\"x\"".to_vec())),
+        };
+        let debug = format!("{req:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("[redacted]"), "{debug}");
+        let line = serde_json::to_string(&req).unwrap();
+        assert!(line.contains(r#""op":"vault_set""#), "{line}");
+        assert!(line.contains(r#""kind":"ssh-key""#), "{line}");
+        let Ok(Request::VaultSet { name, kind, secret }) = serde_json::from_str(&line) else {
+            panic!("{line} does not parse back");
+        };
+        assert_eq!((name.as_str(), kind), ("db1", SecretKind::SshKey));
+        assert_eq!(secret.0.expose(), b"hunter2\n\"x\"");
+        // A secret that is not text cannot be sent (the CLI refuses it first).
+        let binary = Request::VaultSet {
+            name: "b".into(),
+            kind: SecretKind::Token,
+            secret: WireSecret(Secret::new(vec![0xff, 0xfe])),
+        };
+        assert!(serde_json::to_string(&binary).is_err());
+        let list: Result<Request, _> = serde_json::from_str(r#"{"op":"vault_list"}"#);
+        assert!(matches!(list, Ok(Request::VaultList)));
+        let rm: Result<Request, _> = serde_json::from_str(r#"{"op":"vault_rm","name":"x"}"#);
+        assert!(matches!(rm, Ok(Request::VaultRm { name }) if name == "x"));
     }
 
     #[test]

@@ -15,6 +15,14 @@ pub enum GrantDenial {
         resource: String,
         expired: String,
     },
+    #[error("no live grant lets agent `{agent}` use {what} on resource `{resource}`{pinned}")]
+    Pinned {
+        agent: String,
+        resource: String,
+        what: String,
+        /// The role/database the live grants do allow, for the agent's benefit.
+        pinned: String,
+    },
 }
 
 /// A live grant: the session it authorizes must end by `expires`.
@@ -50,6 +58,48 @@ pub fn check(
         });
     }
     Ok(LiveGrant { expires: latest })
+}
+
+/// For postgres sessions: the latest-expiring live grant for `agent` on
+/// `resource` whose pins (role, database), where set, are the role and
+/// database the agent asked for.
+pub fn check_database(
+    config: &Config,
+    agent: &AgentName,
+    resource: &str,
+    role: &str,
+    database: &str,
+    now: OffsetDateTime,
+) -> Result<LiveGrant, GrantDenial> {
+    check(config, agent, resource, now)?;
+    let live = config
+        .grants
+        .iter()
+        .filter(|g| &g.agent == agent && g.resource == resource && g.expires > now);
+    let fits = |g: &&crate::config::Grant| {
+        g.role.as_deref().is_none_or(|r| r == role)
+            && g.database.as_deref().is_none_or(|d| d == database)
+    };
+    match live.clone().filter(fits).map(|g| g.expires).max() {
+        Some(expires) => Ok(LiveGrant { expires }),
+        None => {
+            let allowed: Vec<String> = live
+                .map(|g| {
+                    format!(
+                        "role {} / database {}",
+                        g.role.as_deref().unwrap_or("any"),
+                        g.database.as_deref().unwrap_or("any")
+                    )
+                })
+                .collect();
+            Err(GrantDenial::Pinned {
+                agent: agent.to_string(),
+                resource: resource.to_owned(),
+                what: format!("role `{role}` and database `{database}`"),
+                pinned: format!(" (granted: {})", allowed.join("; ")),
+            })
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,8 +6,10 @@
 //! Any stage that cannot decide refuses the connection with a TCP reset and
 //! records why.
 
+pub mod postgres;
 pub mod splice;
 pub mod tcp;
+pub mod tls;
 
 use std::{
     collections::HashMap,
@@ -226,6 +228,10 @@ pub struct Gateway {
     pub capture: RwLock<Capture>,
     pub identity: Registry,
     pub audit: Arc<audit::Store>,
+    pub vault: Arc<crate::vault::Vault>,
+    /// State shared by postgres sessions (catalog cache, cancel keys, TLS,
+    /// statement log).
+    pub postgres: postgres::Shared,
     pub stats: Stats,
     pub pipes: splice::PipePool,
     /// Session-end records, written off the proxy thread.
@@ -366,6 +372,7 @@ async fn handle(gw: Arc<Gateway>, stream: TcpStream, peer: SocketAddr) {
         };
         let mut record = match ctx.admitted.resource.protocol {
             Protocol::Tcp => tcp::serve(ctx, stream, upstream).await,
+            Protocol::Postgres => postgres::serve(ctx, stream, upstream).await,
         };
         record.ended_at = Some(crate::rfc3339(OffsetDateTime::now_utc()));
         gw.stats.active.fetch_sub(1, Ordering::Relaxed);

@@ -31,7 +31,7 @@ pub enum End {
 }
 
 impl End {
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             End::Closed => "closed by both sides".into(),
             End::Internal(e) => format!("cordon failed: {e}"),
@@ -62,7 +62,7 @@ pub fn start_connect(target: SocketAddr) -> std::io::Result<TcpStream> {
 }
 
 /// Waits for a started connect to complete (or fail, or time out).
-async fn finish_connect(
+pub(crate) async fn finish_connect(
     started: std::io::Result<TcpStream>,
     timeout: std::time::Duration,
 ) -> Result<TcpStream, String> {

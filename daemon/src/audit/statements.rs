@@ -1,0 +1,194 @@
+//! Statement log: every command a protocol handler decided on (allowed,
+//! denied, held for approval), with timing, rows and masked columns, keyed
+//! by session and sequence in the same sled database as the sessions.
+//!
+//! Allowed statements are written in batches by a writer thread (the proxy
+//! does not wait on them); a denial is written and flushed before the agent
+//! is answered, so a deny is never lost.
+
+use std::sync::{mpsc, Arc};
+
+use serde::{Deserialize, Serialize};
+
+use super::{AuditError, SessionId};
+
+/// Largest statement text kept in the log; longer text is cut, with a note.
+pub const MAX_TEXT: usize = 16 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementRecord {
+    pub session: SessionId,
+    pub seq: u32,
+    /// RFC 3339, UTC, when the agent sent it.
+    pub at: String,
+    /// Microseconds from the agent's message to the upstream's answer.
+    pub duration_us: u64,
+    /// `allow`, `deny` or `approve` (held: answered as a denial).
+    pub verdict: String,
+    /// `<policy>/<rule>` that decided.
+    pub rule: String,
+    /// Why, for denials.
+    pub reason: Option<String>,
+    /// The statement text as sent (cut at [`MAX_TEXT`]).
+    pub text: String,
+    /// Rows returned or affected.
+    pub rows: u64,
+    /// Columns whose values were masked in the answer.
+    pub masked: Vec<String>,
+    /// The SQLSTATE the upstream answered with, if it failed there.
+    pub error: Option<String>,
+}
+
+/// Cuts `text` to [`MAX_TEXT`] bytes on a character boundary.
+pub fn clip(text: &str) -> String {
+    if text.len() <= MAX_TEXT {
+        return text.to_owned();
+    }
+    let mut end = MAX_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [{} bytes]", text.get(..end).unwrap_or_default(), text.len())
+}
+
+fn key(session: SessionId, seq: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&session.key());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The statement log.
+pub struct Statements {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl Statements {
+    pub fn open(db: &sled::Db) -> Result<Self, AuditError> {
+        Ok(Self {
+            db: db.clone(),
+            tree: db.open_tree("statements").map_err(AuditError::Store)?,
+        })
+    }
+
+    fn insert(&self, rec: &StatementRecord) -> Result<(), AuditError> {
+        let v = serde_json::to_vec(rec).map_err(AuditError::Encode)?;
+        self.tree
+            .insert(key(rec.session, rec.seq), v)
+            .map_err(AuditError::Store)?;
+        Ok(())
+    }
+
+    /// Writes a record and flushes it to disk before returning.
+    pub fn record_durably(&self, rec: &StatementRecord) -> Result<(), AuditError> {
+        self.insert(rec)?;
+        self.db.flush().map_err(AuditError::Store)?;
+        Ok(())
+    }
+
+    /// Every statement of a session, in order.
+    pub fn of_session(&self, session: SessionId) -> Result<Vec<StatementRecord>, AuditError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(session.key()) {
+            let (_, v) = item.map_err(AuditError::Store)?;
+            if let Ok(rec) = serde_json::from_slice::<StatementRecord>(&v) {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Starts the batching writer; dropping the handle drains it.
+    pub fn writer(self: &Arc<Self>) -> StatementWriter {
+        let (tx, rx) = mpsc::channel::<StatementRecord>();
+        let log = self.clone();
+        let thread = std::thread::spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batch = sled::Batch::default();
+                let mut n = 0usize;
+                for rec in std::iter::once(first).chain(rx.try_iter().take(4095)) {
+                    if let Ok(v) = serde_json::to_vec(&rec) {
+                        batch.insert(&key(rec.session, rec.seq)[..], v);
+                        n += 1;
+                    }
+                }
+                if let Err(e) = log.tree.apply_batch(batch) {
+                    tracing::warn!(error = %e, records = n, "could not record statements");
+                }
+            }
+        });
+        StatementWriter {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+/// Handle to the statement writer thread.
+pub struct StatementWriter {
+    tx: Option<mpsc::Sender<StatementRecord>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StatementWriter {
+    pub fn record(&self, rec: StatementRecord) {
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(rec).is_ok());
+        if !sent {
+            tracing::warn!("statement writer stopped; a statement was not recorded");
+        }
+    }
+}
+
+impl Drop for StatementWriter {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(session: SessionId, seq: u32, verdict: &str) -> StatementRecord {
+        StatementRecord {
+            session,
+            seq,
+            at: "2026-01-01T00:00:00Z".into(),
+            duration_us: 5,
+            verdict: verdict.into(),
+            rule: "p/r".into(),
+            reason: None,
+            text: "select 1".into(),
+            rows: 1,
+            masked: vec![],
+            error: None,
+        }
+    }
+
+    #[test]
+    fn statements_are_kept_per_session_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let log = Arc::new(Statements::open(&db).unwrap());
+        let a = SessionId::from_raw(10);
+        let b = SessionId::from_raw(11);
+        {
+            let w = log.writer();
+            for seq in 0..300 {
+                w.record(rec(a, seq, "allow"));
+            }
+            w.record(rec(b, 0, "allow"));
+        }
+        log.record_durably(&rec(a, 300, "deny")).unwrap();
+        let got = log.of_session(a).unwrap();
+        assert_eq!(got.len(), 301);
+        assert!(got.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert_eq!(got.last().unwrap().verdict, "deny");
+        assert_eq!(log.of_session(b).unwrap().len(), 1);
+        assert!(clip(&"é".repeat(MAX_TEXT)).len() < MAX_TEXT + 40);
+    }
+}

@@ -1,0 +1,1 @@
+//! Table tests for the policy: rule kinds, evasion attempts, masked expressions, shipped policies.

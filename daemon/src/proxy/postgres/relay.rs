@@ -1,0 +1,1422 @@
+//! The postgres relay: every agent message is framed, every statement is
+//! decided by the policy before it reaches the database, every answer is
+//! masked on its way back, every statement is recorded.
+//!
+//! Denials are answered through the database itself: the denied statement
+//! is replaced by a statement that fails to parse (it carries a per-session
+//! token the agent never sees), and the resulting error is rewritten into
+//! Cordon's 42501. The database thus does the protocol's bookkeeping: the
+//! extended protocol discards to Sync, a transaction block is marked failed,
+//! ReadyForQuery carries the true transaction status, and pipelined
+//! messages stay in order.
+//!
+//! Responses are matched to the agent's messages by a queue of expected
+//! answers ([`Expect`]), so each RowDescription, DataRow and
+//! CommandComplete is attributed to the statement it answers.
+
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    sync::Arc,
+    time::Instant,
+};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::{
+    catalog::{self, Catalog, TableColumns},
+    upstream::{self, Stream},
+    wire::{self, Builder, Message, Reader, Severity},
+};
+use crate::{
+    audit::{
+        statements::{clip, StatementRecord},
+        SessionId,
+    },
+    masking::{self, Masker, Mode},
+    policy::{Action, CopyFormat, CopyOut, Decision, Kind, Policy},
+    proxy::{tcp::End, Gateway},
+};
+
+/// Decisions remembered per session for statement texts seen at Parse
+/// (drivers re-parse the same unnamed statement again and again).
+const DECISION_CACHE: usize = 1024;
+
+pub struct Setup {
+    pub gw: Arc<Gateway>,
+    pub session: SessionId,
+    pub resource: String,
+    pub database: String,
+    pub policy: Arc<Policy>,
+    pub credential: String,
+    pub upstream_user: String,
+    pub status: u8,
+}
+
+pub struct Outcome {
+    pub end: End,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+/// What a denied statement is answered with.
+#[derive(Debug, Clone)]
+struct Denial {
+    message: String,
+    hint: Option<String>,
+}
+
+/// A statement on its way: what is recorded when its answer is complete.
+#[derive(Debug)]
+struct Pending {
+    seq: u32,
+    at: String,
+    started: Instant,
+    text: Arc<str>,
+    verdict: Action,
+    rule: Arc<str>,
+    rows: u64,
+    masked: BTreeSet<String>,
+    error: Option<String>,
+    denial: Option<Denial>,
+    /// COPY ... TO STDOUT targets, in statement order.
+    copy_out: VecDeque<CopyOut>,
+    /// DDL went through: column names may have changed.
+    ddl: bool,
+}
+
+/// The answers expected from the database, in order.
+#[derive(Debug)]
+enum Expect {
+    /// Simple query (or a denied FunctionCall): everything up to ReadyForQuery.
+    Query(Box<Pending>),
+    Parse(Option<Denial>),
+    Bind,
+    /// `swallow`: injected by Cordon to learn a portal's columns; the agent
+    /// did not ask and does not see the answer.
+    Describe { statement: bool, swallow: bool },
+    Execute(Box<Pending>),
+    Close,
+    Sync,
+}
+
+/// A statement prepared with Parse and allowed.
+#[derive(Debug, Clone)]
+struct Prepared {
+    text: Arc<str>,
+    rule: Arc<str>,
+    verdict: Action,
+    copy_out: Vec<CopyOut>,
+    ddl: bool,
+}
+
+/// What to do with one result column.
+#[derive(Debug, Clone)]
+enum ColAction {
+    Pass,
+    /// A column rule.
+    Mask(Mode),
+    /// Value detectors only.
+    Detect,
+    /// Cannot be masked safely in this format: sent as NULL.
+    Null,
+}
+
+#[derive(Debug, Clone)]
+struct Column {
+    label: String,
+    action: ColAction,
+    binary: bool,
+    type_oid: u32,
+}
+
+/// How the rows of the current result are masked.
+#[derive(Debug, Clone)]
+struct Plan {
+    columns: Vec<Column>,
+    /// No column needs any work: rows pass untouched.
+    passthrough: bool,
+}
+
+/// An active COPY TO STDOUT being masked.
+struct CopyPlan {
+    modes: Vec<Option<Mode>>,
+    labels: Vec<String>,
+    csv: bool,
+}
+
+pub struct Session {
+    gw: Arc<Gateway>,
+    id: SessionId,
+    resource: String,
+    database: String,
+    policy: Arc<Policy>,
+    credential: String,
+    upstream_user: String,
+    masker: Option<Masker>,
+    catalog: Arc<Catalog>,
+    /// Separate connection for catalog lookups, opened on first need.
+    catalog_conn: Option<Stream>,
+    token: String,
+    seq: u32,
+    status: u8,
+    expect: VecDeque<Expect>,
+    prepared: HashMap<String, Prepared>,
+    portals: HashMap<String, String>,
+    decisions: HashMap<Box<str>, Arc<Decision>>,
+    plan: Option<Plan>,
+    copy: Option<CopyPlan>,
+    to_agent: BytesMut,
+    to_upstream: BytesMut,
+}
+
+/// Why the relay stops.
+enum Stop {
+    Agent(String),
+    Upstream(String),
+    Internal(String),
+    Closed,
+}
+
+impl Session {
+    pub fn new(setup: Setup) -> Self {
+        let Setup {
+            gw,
+            session,
+            resource,
+            database,
+            policy,
+            credential,
+            upstream_user,
+            status,
+        } = setup;
+        let rules = policy.masking.clone();
+        let masker = (!rules.is_empty())
+            .then(|| Masker::new(rules, gw.vault.derive_key("masking-hash")));
+        let catalog = gw.postgres.catalogs.for_db(&resource, &database);
+        let token = format!("cordon_denied_{:016x}", rand::random::<u64>());
+        Self {
+            gw,
+            id: session,
+            resource,
+            database,
+            policy,
+            credential,
+            upstream_user,
+            masker,
+            catalog,
+            catalog_conn: None,
+            token,
+            seq: 0,
+            status,
+            expect: VecDeque::new(),
+            prepared: HashMap::new(),
+            portals: HashMap::new(),
+            decisions: HashMap::new(),
+            plan: None,
+            copy: None,
+            to_agent: BytesMut::with_capacity(16 * 1024),
+            to_upstream: BytesMut::with_capacity(16 * 1024),
+        }
+    }
+
+    pub async fn run(
+        mut self,
+        mut agent: Stream,
+        mut agent_in: BytesMut,
+        mut upstream: Stream,
+        deadline: tokio::time::Instant,
+    ) -> Outcome {
+        let mut up_in = BytesMut::with_capacity(64 * 1024);
+        let mut bytes_up = 0u64;
+        let mut bytes_down = 0u64;
+        let stop = loop {
+            // Agent messages already buffered (sent with the start-up packet).
+            if !agent_in.is_empty() {
+                if let Err(stop) = self.on_agent_bytes(&mut agent_in).await {
+                    break stop;
+                }
+                if let Err(stop) = self.flush(&mut agent, &mut upstream, &mut bytes_up, &mut bytes_down).await {
+                    break stop;
+                }
+                if agent_in.capacity() - agent_in.len() < 4096 {
+                    agent_in.reserve(16 * 1024);
+                }
+            }
+            tokio::select! {
+                r = agent.read_buf(&mut agent_in) => match r {
+                    Ok(0) => break Stop::Closed,
+                    Ok(_) => {
+                        if let Err(stop) = self.on_agent_bytes(&mut agent_in).await {
+                            break stop;
+                        }
+                    }
+                    Err(e) => break Stop::Agent(e.to_string()),
+                },
+                r = upstream.read_buf(&mut up_in) => match r {
+                    Ok(0) => break Stop::Upstream("the database closed the connection".into()),
+                    Ok(_) => {
+                        if let Err(stop) = self.on_upstream_bytes(&mut up_in).await {
+                            break stop;
+                        }
+                    }
+                    Err(e) => break Stop::Upstream(e.to_string()),
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    let m = wire::error_response(Severity::Fatal, "57P01", "cordon: the grant for this session expired; the session is closed", None);
+                    m.write_to(&mut self.to_agent);
+                    let _ = self.flush(&mut agent, &mut upstream, &mut bytes_up, &mut bytes_down).await;
+                    break Stop::Internal("grant expired".into());
+                }
+            }
+            if let Err(stop) = self
+                .flush(&mut agent, &mut upstream, &mut bytes_up, &mut bytes_down)
+                .await
+            {
+                break stop;
+            }
+            if agent_in.capacity() - agent_in.len() < 4096 {
+                agent_in.reserve(16 * 1024);
+            }
+            if up_in.capacity() - up_in.len() < 4096 {
+                up_in.reserve(64 * 1024);
+            }
+        };
+        let end = match stop {
+            Stop::Closed => End::Closed,
+            Stop::Agent(e) => {
+                let _ = self
+                    .flush(&mut agent, &mut upstream, &mut bytes_up, &mut bytes_down)
+                    .await;
+                End::AgentError(e)
+            }
+            Stop::Upstream(e) => {
+                let m = wire::error_response(
+                    Severity::Fatal,
+                    "08006",
+                    &format!("cordon: the upstream connection failed: {e}"),
+                    None,
+                );
+                m.write_to(&mut self.to_agent);
+                let _ = self
+                    .flush(&mut agent, &mut upstream, &mut bytes_up, &mut bytes_down)
+                    .await;
+                End::UpstreamError(e)
+            }
+            Stop::Internal(e) if e == "grant expired" => End::GrantExpired,
+            Stop::Internal(e) => {
+                let m = wire::error_response(
+                    Severity::Fatal,
+                    "XX000",
+                    &format!("cordon: {e}; the session is closed"),
+                    None,
+                );
+                m.write_to(&mut self.to_agent);
+                let _ = self
+                    .flush(&mut agent, &mut upstream, &mut bytes_up, &mut bytes_down)
+                    .await;
+                End::Internal(e)
+            }
+        };
+        // Statements still waiting for an answer are recorded as cut short.
+        while let Some(e) = self.expect.pop_front() {
+            if let Expect::Query(mut p) | Expect::Execute(mut p) = e {
+                if p.denial.is_none() {
+                    p.error.get_or_insert_with(|| "session ended".into());
+                    self.record(*p);
+                }
+            }
+        }
+        let _ = agent.shutdown().await;
+        let _ = upstream.shutdown().await;
+        Outcome {
+            end,
+            bytes_up,
+            bytes_down,
+        }
+    }
+
+    async fn flush(
+        &mut self,
+        agent: &mut Stream,
+        upstream: &mut Stream,
+        up: &mut u64,
+        down: &mut u64,
+    ) -> Result<(), Stop> {
+        if !self.to_upstream.is_empty() {
+            upstream
+                .write_all(&self.to_upstream)
+                .await
+                .map_err(|e| Stop::Upstream(e.to_string()))?;
+            upstream
+                .flush()
+                .await
+                .map_err(|e| Stop::Upstream(e.to_string()))?;
+            *up += self.to_upstream.len() as u64;
+            self.to_upstream.clear();
+        }
+        if !self.to_agent.is_empty() {
+            agent
+                .write_all(&self.to_agent)
+                .await
+                .map_err(|e| Stop::Agent(e.to_string()))?;
+            agent.flush().await.map_err(|e| Stop::Agent(e.to_string()))?;
+            *down += self.to_agent.len() as u64;
+            self.to_agent.clear();
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------
+    // Agent -> database
+
+    async fn on_agent_bytes(&mut self, buf: &mut BytesMut) -> Result<(), Stop> {
+        loop {
+            let msg = match wire::next_message(buf, wire::MAX_MESSAGE) {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(self.protocol_violation(&e.to_string())),
+            };
+            self.on_agent(msg).await?;
+        }
+    }
+
+    fn protocol_violation(&mut self, what: &str) -> Stop {
+        let m = wire::error_response(
+            Severity::Fatal,
+            "08P01",
+            &format!("cordon: protocol violation: {what}; the session is closed"),
+            None,
+        );
+        m.write_to(&mut self.to_agent);
+        Stop::Agent(format!("protocol violation: {what}"))
+    }
+
+    async fn on_agent(&mut self, msg: Message) -> Result<(), Stop> {
+        match msg.tag {
+            b'Q' => {
+                let sql = Reader::new(&msg)
+                    .str()
+                    .map_err(|e| self.protocol_violation(&e.to_string()))?
+                    .to_owned();
+                let decision = self.policy.decide(&sql);
+                let mut pending = self.pending(Arc::from(sql.as_str()), &decision);
+                match self.vet(&decision) {
+                    Ok(()) => {
+                        msg.write_to(&mut self.to_upstream);
+                    }
+                    Err(denial) => {
+                        pending.denial = Some(denial);
+                        self.deny(&pending)?;
+                        self.inject_query();
+                    }
+                }
+                self.expect.push_back(Expect::Query(Box::new(pending)));
+            }
+            b'P' => {
+                let (name, sql) = {
+                    let mut r = Reader::new(&msg);
+                    let name = r.str().map(str::to_owned);
+                    let sql = r.str().map(str::to_owned);
+                    match (name, sql) {
+                        (Ok(n), Ok(s)) => (n, s),
+                        (Err(e), _) | (_, Err(e)) => {
+                            return Err(self.protocol_violation(&e.to_string()))
+                        }
+                    }
+                };
+                let decision = self.decide_cached(&sql);
+                let text: Arc<str> = Arc::from(sql.as_str());
+                match self.vet(&decision) {
+                    Ok(()) => {
+                        msg.write_to(&mut self.to_upstream);
+                        self.prepared.insert(
+                            name,
+                            Prepared {
+                                text,
+                                rule: Arc::from(decision.rule.as_str()),
+                                verdict: decision.action,
+                                copy_out: copy_targets(&decision),
+                                ddl: is_ddl(&decision),
+                            },
+                        );
+                        self.expect.push_back(Expect::Parse(None));
+                    }
+                    Err(denial) => {
+                        let mut pending = self.pending(text, &decision);
+                        pending.denial = Some(denial.clone());
+                        self.deny(&pending)?;
+                        self.prepared.remove(&name);
+                        let token = self.token.clone();
+                        Builder::new(b'P')
+                            .cstr(name.as_bytes())
+                            .cstr(token.as_bytes())
+                            .i16(0)
+                            .finish()
+                            .write_to(&mut self.to_upstream);
+                        self.expect.push_back(Expect::Parse(Some(denial)));
+                    }
+                }
+            }
+            b'B' => {
+                let mut r = Reader::new(&msg);
+                let portal = r.str().map(str::to_owned);
+                let stmt = r.str().map(str::to_owned);
+                match (portal, stmt) {
+                    (Ok(p), Ok(s)) => {
+                        self.portals.insert(p, s);
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        return Err(self.protocol_violation(&e.to_string()))
+                    }
+                }
+                msg.write_to(&mut self.to_upstream);
+                self.expect.push_back(Expect::Bind);
+            }
+            b'D' => {
+                let mut r = Reader::new(&msg);
+                let kind = r.u8().map_err(|e| self.protocol_violation(&e.to_string()))?;
+                if !matches!(kind, b'S' | b'P') {
+                    return Err(self.protocol_violation("Describe of neither 'S' nor 'P'"));
+                }
+                msg.write_to(&mut self.to_upstream);
+                self.expect.push_back(Expect::Describe {
+                    statement: kind == b'S',
+                    swallow: false,
+                });
+            }
+            b'E' => {
+                let portal = Reader::new(&msg)
+                    .str()
+                    .map_err(|e| self.protocol_violation(&e.to_string()))?
+                    .to_owned();
+                let prepared = self
+                    .portals
+                    .get(&portal)
+                    .and_then(|s| self.prepared.get(s))
+                    .cloned();
+                let mut pending = match &prepared {
+                    Some(p) => self.pending_prepared(p),
+                    // A portal Cordon did not see bound (or of a denied
+                    // statement): the database answers with an error.
+                    None => self.pending_unknown(),
+                };
+                if let Some(p) = &prepared {
+                    pending.copy_out = p.copy_out.iter().cloned().collect();
+                }
+                if self.masker.is_some() {
+                    // Learn the portal's columns and formats, whatever the
+                    // agent did or did not describe.
+                    let mut out = BytesMut::new();
+                    Builder::new(b'D')
+                        .u8(b'P')
+                        .cstr(portal.as_bytes())
+                        .finish()
+                        .write_to(&mut out);
+                    self.to_upstream.extend_from_slice(&out);
+                    self.expect.push_back(Expect::Describe {
+                        statement: false,
+                        swallow: true,
+                    });
+                }
+                msg.write_to(&mut self.to_upstream);
+                self.expect.push_back(Expect::Execute(Box::new(pending)));
+            }
+            b'C' => {
+                let mut r = Reader::new(&msg);
+                let kind = r.u8().map_err(|e| self.protocol_violation(&e.to_string()))?;
+                let name = r
+                    .str()
+                    .map_err(|e| self.protocol_violation(&e.to_string()))?
+                    .to_owned();
+                if kind == b'S' {
+                    self.prepared.remove(&name);
+                } else {
+                    self.portals.remove(&name);
+                }
+                msg.write_to(&mut self.to_upstream);
+                self.expect.push_back(Expect::Close);
+            }
+            b'S' => {
+                msg.write_to(&mut self.to_upstream);
+                self.expect.push_back(Expect::Sync);
+                // Unnamed portals do not survive a Sync outside a transaction;
+                // keeping the map small.
+                self.portals.remove("");
+            }
+            b'H' | b'd' | b'c' | b'f' => msg.write_to(&mut self.to_upstream),
+            b'X' => {
+                msg.write_to(&mut self.to_upstream);
+                return Err(Stop::Closed);
+            }
+            b'F' => {
+                let text: Arc<str> = Arc::from("<FunctionCall message>");
+                let decision = Decision {
+                    action: Action::Deny,
+                    rule: "builtin/function-call".into(),
+                    reason: "builtin rule function-call: FunctionCall protocol messages are denied (use SQL)".into(),
+                    statements: Vec::new(),
+                };
+                let mut pending = self.pending(text, &decision);
+                pending.denial = Some(Denial {
+                    message: decision.reason.clone(),
+                    hint: None,
+                });
+                self.deny(&pending)?;
+                self.inject_query();
+                self.expect.push_back(Expect::Query(Box::new(pending)));
+            }
+            other => {
+                return Err(self.protocol_violation(&format!(
+                    "unexpected message type `{}` from the client",
+                    char::from(other).escape_default()
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn decide_cached(&mut self, sql: &str) -> Arc<Decision> {
+        if let Some(d) = self.decisions.get(sql) {
+            return d.clone();
+        }
+        let d = Arc::new(self.policy.decide(sql));
+        if self.decisions.len() >= DECISION_CACHE {
+            self.decisions.clear();
+        }
+        self.decisions.insert(Box::from(sql), d.clone());
+        d
+    }
+
+    /// Proxy-level checks on an allowed decision: what masking cannot
+    /// follow is denied. Err carries the denial for a non-allow decision.
+    fn vet(&self, decision: &Decision) -> Result<(), Denial> {
+        match decision.action {
+            Action::Allow => {}
+            Action::Deny => {
+                return Err(Denial {
+                    message: decision.reason.clone(),
+                    hint: None,
+                })
+            }
+            Action::Approve => {
+                return Err(Denial {
+                    message: format!(
+                        "{} (needs approval under {}; approvals are not available yet, so it is denied)",
+                        decision.reason, decision.rule
+                    ),
+                    hint: Some("ask an administrator to run it, or to change the policy".into()),
+                })
+            }
+        }
+        if let Some(masker) = &self.masker {
+            for out in decision.statements.iter().filter_map(|s| s.copy_out.as_ref()) {
+                let (format, query) = match out {
+                    CopyOut::Table { format, .. } => (*format, false),
+                    CopyOut::Query { format } => (*format, true),
+                };
+                if format == CopyFormat::Binary {
+                    return Err(Denial {
+                        message: format!(
+                            "policy {}: COPY ... TO STDOUT in binary format cannot be masked; use text or csv",
+                            self.policy.name
+                        ),
+                        hint: None,
+                    });
+                }
+                if query && masker.rules().has_column_rules() {
+                    return Err(Denial {
+                        message: format!(
+                            "policy {}: COPY (query) TO STDOUT cannot be masked by column; copy a table or use SELECT",
+                            self.policy.name
+                        ),
+                        hint: None,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        let s = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        s
+    }
+
+    fn pending(&mut self, text: Arc<str>, decision: &Decision) -> Pending {
+        Pending {
+            seq: self.next_seq(),
+            at: crate::rfc3339(time::OffsetDateTime::now_utc()),
+            started: Instant::now(),
+            text,
+            verdict: decision.action,
+            rule: Arc::from(decision.rule.as_str()),
+            rows: 0,
+            masked: BTreeSet::new(),
+            error: None,
+            denial: None,
+            copy_out: copy_targets(decision).into(),
+            ddl: is_ddl(decision),
+        }
+    }
+
+    fn pending_prepared(&mut self, p: &Prepared) -> Pending {
+        Pending {
+            seq: self.next_seq(),
+            at: crate::rfc3339(time::OffsetDateTime::now_utc()),
+            started: Instant::now(),
+            text: p.text.clone(),
+            verdict: p.verdict,
+            rule: p.rule.clone(),
+            rows: 0,
+            masked: BTreeSet::new(),
+            error: None,
+            denial: None,
+            copy_out: VecDeque::new(),
+            ddl: p.ddl,
+        }
+    }
+
+    fn pending_unknown(&mut self) -> Pending {
+        Pending {
+            seq: self.next_seq(),
+            at: crate::rfc3339(time::OffsetDateTime::now_utc()),
+            started: Instant::now(),
+            text: Arc::from("<execute of a portal cordon did not allow>"),
+            verdict: Action::Deny,
+            rule: Arc::from("builtin/unknown-portal"),
+            rows: 0,
+            masked: BTreeSet::new(),
+            error: None,
+            denial: None,
+            copy_out: VecDeque::new(),
+            ddl: false,
+        }
+    }
+
+    /// Records a denial durably before the agent hears of it.
+    fn deny(&mut self, p: &Pending) -> Result<(), Stop> {
+        let reason = p.denial.as_ref().map(|d| d.message.clone());
+        tracing::info!(rule = %p.rule, reason = reason.as_deref().unwrap_or(""), "statement denied");
+        let rec = StatementRecord {
+            session: self.id,
+            seq: p.seq,
+            at: p.at.clone(),
+            duration_us: 0,
+            verdict: match p.verdict {
+                Action::Approve => "approve".into(),
+                _ => "deny".into(),
+            },
+            rule: p.rule.to_string(),
+            reason,
+            text: clip(&p.text),
+            rows: 0,
+            masked: Vec::new(),
+            error: None,
+        };
+        self.gw
+            .postgres
+            .statements
+            .record_durably(&rec)
+            .map_err(|e| Stop::Internal(format!("cannot record a denied statement: {e}")))
+    }
+
+    /// Sends the database a statement that fails to parse, carrying the token.
+    fn inject_query(&mut self) {
+        let token = self.token.clone();
+        Builder::new(b'Q')
+            .cstr(token.as_bytes())
+            .finish()
+            .write_to(&mut self.to_upstream);
+    }
+
+    fn record(&self, p: Pending) {
+        let rec = StatementRecord {
+            session: self.id,
+            seq: p.seq,
+            at: p.at,
+            duration_us: u64::try_from(p.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            verdict: "allow".into(),
+            rule: p.rule.to_string(),
+            reason: None,
+            text: clip(&p.text),
+            rows: p.rows,
+            masked: p.masked.into_iter().collect(),
+            error: p.error,
+        };
+        self.gw.postgres.writer.record(rec);
+    }
+
+    // ------------------------------------------------------------------
+    // Database -> agent
+
+    async fn on_upstream_bytes(&mut self, buf: &mut BytesMut) -> Result<(), Stop> {
+        loop {
+            let msg = match wire::next_message(buf, wire::MAX_MESSAGE) {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(Stop::Upstream(e.to_string())),
+            };
+            self.on_upstream(msg).await?;
+        }
+    }
+
+    fn pending_mut(&mut self) -> Option<&mut Pending> {
+        match self.expect.front_mut() {
+            Some(Expect::Query(p)) | Some(Expect::Execute(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    async fn on_upstream(&mut self, msg: Message) -> Result<(), Stop> {
+        match msg.tag {
+            b'D' => {
+                let out = self.mask_row(&msg)?;
+                if let Some(p) = self.pending_mut() {
+                    p.rows += 1;
+                }
+                out.write_to(&mut self.to_agent);
+            }
+            b'T' => {
+                let plan = self.plan_for(&msg).await?;
+                self.plan = plan;
+                match self.expect.front() {
+                    Some(Expect::Describe { swallow, .. }) => {
+                        let swallow = *swallow;
+                        self.expect.pop_front();
+                        if !swallow {
+                            msg.write_to(&mut self.to_agent);
+                        }
+                    }
+                    _ => msg.write_to(&mut self.to_agent),
+                }
+            }
+            b'n' => {
+                self.plan = None;
+                if let Some(Expect::Describe { swallow, .. }) = self.expect.front() {
+                    let swallow = *swallow;
+                    self.expect.pop_front();
+                    if swallow {
+                        return Ok(());
+                    }
+                }
+                msg.write_to(&mut self.to_agent);
+            }
+            b't' => msg.write_to(&mut self.to_agent),
+            b'C' => {
+                let rows = command_rows(&msg);
+                match self.expect.front_mut() {
+                    Some(Expect::Execute(_)) => {
+                        if let Some(Expect::Execute(mut p)) = self.expect.pop_front() {
+                            p.rows = rows.unwrap_or(p.rows);
+                            self.finish(*p);
+                        }
+                    }
+                    Some(Expect::Query(p)) => {
+                        if let Some(r) = rows {
+                            // Several statements: rows of each.
+                            p.rows = p.rows.saturating_add(r);
+                        }
+                    }
+                    _ => {}
+                }
+                self.plan = None;
+                self.copy = None;
+                msg.write_to(&mut self.to_agent);
+            }
+            b'I' | b's' => {
+                if let Some(Expect::Execute(_)) = self.expect.front() {
+                    if let Some(Expect::Execute(p)) = self.expect.pop_front() {
+                        self.finish(*p);
+                    }
+                }
+                msg.write_to(&mut self.to_agent);
+            }
+            b'1' => {
+                if let Some(Expect::Parse(_)) = self.expect.front() {
+                    self.expect.pop_front();
+                }
+                msg.write_to(&mut self.to_agent);
+            }
+            b'2' => {
+                if let Some(Expect::Bind) = self.expect.front() {
+                    self.expect.pop_front();
+                }
+                msg.write_to(&mut self.to_agent);
+            }
+            b'3' => {
+                if let Some(Expect::Close) = self.expect.front() {
+                    self.expect.pop_front();
+                }
+                msg.write_to(&mut self.to_agent);
+            }
+            b'E' => self.on_error(msg)?,
+            b'N' => {
+                let out = self.mask_message(&msg);
+                out.write_to(&mut self.to_agent);
+            }
+            b'Z' => {
+                let status = Reader::new(&msg).u8().unwrap_or(b'I');
+                self.status = status;
+                // Everything up to and including the Sync (or the query)
+                // this answers is complete.
+                while let Some(e) = self.expect.pop_front() {
+                    match e {
+                        Expect::Sync => break,
+                        Expect::Query(p) => {
+                            if p.denial.is_none() {
+                                self.finish(*p);
+                            }
+                            break;
+                        }
+                        Expect::Execute(p) => {
+                            if p.denial.is_none() {
+                                self.finish(*p);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                self.plan = None;
+                self.copy = None;
+                msg.write_to(&mut self.to_agent);
+            }
+            b'H' => {
+                self.copy = self.copy_plan(&msg).await?;
+                msg.write_to(&mut self.to_agent);
+            }
+            b'd' => {
+                let out = self.mask_copy(msg)?;
+                out.write_to(&mut self.to_agent);
+            }
+            b'c' => {
+                self.copy = None;
+                msg.write_to(&mut self.to_agent);
+            }
+            b'R' | b'K' => {
+                return Err(Stop::Upstream(format!(
+                    "unexpected `{}` message after start-up",
+                    char::from(msg.tag)
+                )))
+            }
+            _ => msg.write_to(&mut self.to_agent),
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, p: Pending) {
+        if p.ddl && p.error.is_none() {
+            self.catalog.invalidate();
+        }
+        self.record(p);
+    }
+
+    fn on_error(&mut self, msg: Message) -> Result<(), Stop> {
+        let ours = {
+            let fields = wire::fields(&msg).unwrap_or_default();
+            fields
+                .iter()
+                .any(|(c, v)| *c == b'M' && contains(v, self.token.as_bytes()))
+        };
+        let denial = if ours {
+            match self.expect.front() {
+                Some(Expect::Query(p)) => p.denial.clone(),
+                Some(Expect::Parse(d)) => d.clone(),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let out = match (&denial, ours) {
+            (Some(d), _) => wire::error_response(
+                Severity::Error,
+                "42501",
+                &format!("cordon: {}", d.message),
+                d.hint.as_deref(),
+            ),
+            // The token in an error that is not an answer to a denial: never
+            // let it reach the agent.
+            (None, true) => wire::error_response(
+                Severity::Error,
+                "42501",
+                "cordon: statement denied",
+                None,
+            ),
+            (None, false) => self.mask_message(&msg),
+        };
+        let sqlstate = wire::fields(&msg)
+            .ok()
+            .and_then(|f| f.iter().find(|(c, _)| *c == b'C').map(|(_, v)| String::from_utf8_lossy(v).into_owned()));
+        out.write_to(&mut self.to_agent);
+        self.plan = None;
+        self.copy = None;
+        match self.expect.front_mut() {
+            Some(Expect::Query(p)) => {
+                if !ours {
+                    p.error = sqlstate;
+                }
+            }
+            Some(Expect::Sync) | None => {}
+            Some(_) => {
+                // Extended protocol: the message in front failed and the
+                // database now skips to Sync; what it skips never ran.
+                if let Some(Expect::Execute(_)) = self.expect.front() {
+                    if let Some(Expect::Execute(mut p)) = self.expect.pop_front() {
+                        p.error = sqlstate;
+                        self.record(*p);
+                    }
+                }
+                while let Some(front) = self.expect.front() {
+                    if matches!(front, Expect::Sync) {
+                        break;
+                    }
+                    self.expect.pop_front();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------
+    // Masking
+
+    /// Resolves the result columns of a RowDescription to masking actions.
+    async fn plan_for(&mut self, msg: &Message) -> Result<Option<Plan>, Stop> {
+        let Some(masker) = &self.masker else {
+            return Ok(None);
+        };
+        let rules = masker.rules().clone();
+        let fields = parse_row_description(msg).map_err(|e| Stop::Upstream(e.to_string()))?;
+        // Tables whose names are not cached yet.
+        let missing: Vec<u32> = if rules.has_column_rules() {
+            let mut m: Vec<u32> = fields
+                .iter()
+                .map(|f| f.table_oid)
+                .filter(|&o| o != 0 && self.catalog.cached(o).is_none())
+                .collect();
+            m.sort_unstable();
+            m.dedup();
+            m
+        } else {
+            Vec::new()
+        };
+        let mut lookup_failed = false;
+        if !missing.is_empty() {
+            if let Err(e) = self.load_tables(&missing).await {
+                tracing::warn!(error = %e, "catalog lookup failed: masked-table columns are nulled");
+                lookup_failed = true;
+            }
+        }
+        let mut columns = Vec::with_capacity(fields.len());
+        for f in &fields {
+            let name = String::from_utf8_lossy(&f.name).to_lowercase();
+            let mut label = name.clone();
+            let mut action = ColAction::Pass;
+            if rules.has_column_rules() {
+                if f.table_oid != 0 {
+                    let cols: Option<TableColumns> = self.catalog.cached(f.table_oid);
+                    let col = cols.as_ref().and_then(|c| {
+                        usize::try_from(f.attnum)
+                            .ok()
+                            .and_then(|n| n.checked_sub(1))
+                            .and_then(|i| c.get(i))
+                            .and_then(Option::as_ref)
+                    });
+                    match col {
+                        Some(c) => {
+                            label = c.qualified();
+                            if let Some(m) = rules.column_mode(&c.schema, &c.table, &c.column) {
+                                action = ColAction::Mask(m.clone());
+                            }
+                        }
+                        None if lookup_failed || rules.masks_column_named(&name) => {
+                            action = ColAction::Null;
+                        }
+                        None => {}
+                    }
+                } else if rules.masks_column_named(&name) {
+                    // An expression named like a masked column: no table to
+                    // check, so mask it as the strictest rule would.
+                    action = ColAction::Mask(Mode::Redact);
+                }
+            }
+            let text_like = masking::is_text_like_type(f.type_oid);
+            action = match action {
+                ColAction::Mask(m) if f.binary && !text_like => {
+                    let _ = m;
+                    ColAction::Null
+                }
+                ColAction::Pass if rules.has_detectors() && !safe_from_detectors(f.type_oid) => {
+                    ColAction::Detect
+                }
+                other => other,
+            };
+            columns.push(Column {
+                label,
+                action,
+                binary: f.binary,
+                type_oid: f.type_oid,
+            });
+        }
+        let passthrough = columns.iter().all(|c| matches!(c.action, ColAction::Pass));
+        Ok(Some(Plan {
+            columns,
+            passthrough,
+        }))
+    }
+
+    async fn catalog_conn(&mut self) -> Result<&mut Stream, upstream::UpstreamError> {
+        if self.catalog_conn.is_none() {
+            let r = self
+                .gw
+                .config
+                .resources
+                .iter()
+                .find(|r| r.name == self.resource)
+                .ok_or_else(|| upstream::UpstreamError::Connect("resource gone".into()))?;
+            let stream = tokio::net::TcpStream::connect(r.address)
+                .await
+                .map_err(|e| upstream::UpstreamError::Connect(e.to_string()))?;
+            let password = super::load_secret(&self.gw.vault, &self.credential)?;
+            let up = upstream::login(upstream::Target {
+                stream,
+                tls: self.gw.postgres.upstream_tls_for(&self.resource),
+                user: &self.upstream_user,
+                database: &self.database,
+                params: &[("application_name".into(), "cordon-catalog".into())],
+                password: &password,
+            })
+            .await?;
+            self.catalog_conn = Some(up.stream);
+        }
+        self.catalog_conn
+            .as_mut()
+            .ok_or_else(|| upstream::UpstreamError::Connect("catalog connection".into()))
+    }
+
+    async fn load_tables(&mut self, oids: &[u32]) -> Result<(), upstream::UpstreamError> {
+        let catalog = self.catalog.clone();
+        let conn = self.catalog_conn().await?;
+        let r = catalog::load_tables(&catalog, conn, oids).await;
+        if r.is_err() {
+            self.catalog_conn = None;
+        }
+        r
+    }
+
+    fn mask_row(&mut self, msg: &Message) -> Result<Message, Stop> {
+        let Some(masker) = &self.masker else {
+            return Ok(msg.clone());
+        };
+        let Some(plan) = &self.plan else {
+            // Rows with no description to mask them by: fail closed.
+            return Err(Stop::Internal(
+                "a result row arrived without a row description; cannot mask it".into(),
+            ));
+        };
+        if plan.passthrough {
+            return Ok(msg.clone());
+        }
+        let mut r = Reader::new(msg);
+        let n = r.i16().map_err(|e| Stop::Upstream(e.to_string()))?;
+        if usize::try_from(n).ok() != Some(plan.columns.len()) {
+            return Err(Stop::Internal(
+                "a result row does not match its row description; cannot mask it".into(),
+            ));
+        }
+        let mut b = Builder::new(b'D').i16(n);
+        let mut masked = Vec::new();
+        for col in &plan.columns {
+            let v = r.value().map_err(|e| Stop::Upstream(e.to_string()))?;
+            let out: Option<std::borrow::Cow<'_, [u8]>> = match (v, &col.action) {
+                (None, _) => None,
+                (Some(v), ColAction::Pass) => Some(v.into()),
+                (Some(_), ColAction::Null) => {
+                    masked.push(col.label.clone());
+                    None
+                }
+                (Some(v), ColAction::Mask(mode)) => {
+                    masked.push(col.label.clone());
+                    masker.apply(mode, v).map(Into::into)
+                }
+                (Some(v), ColAction::Detect) => match detect_value(masker, col, v) {
+                    None => Some(v.into()),
+                    Some(replacement) => {
+                        masked.push(col.label.clone());
+                        replacement.map(Into::into)
+                    }
+                },
+            };
+            b = b.value(out.as_deref());
+        }
+        if !masked.is_empty() {
+            if let Some(p) = self.pending_mut() {
+                p.masked.extend(masked);
+            }
+        }
+        Ok(b.finish())
+    }
+
+    fn mask_message(&self, msg: &Message) -> Message {
+        let Some(masker) = &self.masker else {
+            return msg.clone();
+        };
+        let Ok(fields) = wire::fields(msg) else {
+            // Unparseable error text: say only that there was an error.
+            return wire::error_response(Severity::Error, "XX000", "cordon: the database sent an error cordon cannot read (withheld)", None);
+        };
+        let sqlstate = fields
+            .iter()
+            .find(|(c, _)| *c == b'C')
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        let column_rules = masker.rules().has_column_rules();
+        let rewritten: Vec<(u8, Vec<u8>)> = fields
+            .iter()
+            .map(|(c, v)| {
+                let text = String::from_utf8_lossy(v);
+                (
+                    *c,
+                    masker
+                        .message_field(&sqlstate, *c, &text, column_rules)
+                        .into_bytes(),
+                )
+            })
+            .collect();
+        wire::from_fields(msg.tag, &rewritten)
+    }
+
+    async fn copy_plan(&mut self, msg: &Message) -> Result<Option<CopyPlan>, Stop> {
+        let target = self.pending_mut().and_then(|p| p.copy_out.pop_front());
+        let Some(masker) = &self.masker else {
+            return Ok(None);
+        };
+        let rules = masker.rules().clone();
+        let overall = Reader::new(msg).u8().unwrap_or(0);
+        if overall != 0 {
+            return Err(Stop::Internal(
+                "binary COPY output cannot be masked".into(),
+            ));
+        }
+        let Some(target) = target else {
+            if rules.has_column_rules() {
+                return Err(Stop::Internal(
+                    "COPY output of a statement cordon did not classify as COPY; cannot mask it".into(),
+                ));
+            }
+            return Ok(Some(CopyPlan {
+                modes: Vec::new(),
+                labels: Vec::new(),
+                csv: false,
+            }));
+        };
+        match target {
+            CopyOut::Query { format } => Ok(Some(CopyPlan {
+                modes: Vec::new(),
+                labels: Vec::new(),
+                csv: format == CopyFormat::Csv,
+            })),
+            CopyOut::Table {
+                schema,
+                table,
+                columns,
+                format,
+            } => {
+                if !rules.has_column_rules() {
+                    return Ok(Some(CopyPlan {
+                        modes: Vec::new(),
+                        labels: Vec::new(),
+                        csv: format == CopyFormat::Csv,
+                    }));
+                }
+                let names: Vec<String> = if columns.is_empty() {
+                    let conn = self
+                        .catalog_conn()
+                        .await
+                        .map_err(|e| Stop::Internal(format!("catalog lookup for COPY: {e}")))?;
+                    catalog::table_columns(conn, &schema, &table)
+                        .await
+                        .map_err(|e| Stop::Internal(format!("catalog lookup for COPY: {e}")))?
+                        .into_iter()
+                        .map(|c| c.column)
+                        .collect()
+                } else {
+                    columns
+                };
+                let modes = names
+                    .iter()
+                    .map(|c| rules.column_mode(&schema, &table, c).cloned())
+                    .collect();
+                let labels = names
+                    .iter()
+                    .map(|c| format!("{schema}.{table}.{c}"))
+                    .collect();
+                Ok(Some(CopyPlan {
+                    modes,
+                    labels,
+                    csv: format == CopyFormat::Csv,
+                }))
+            }
+        }
+    }
+
+    fn mask_copy(&mut self, msg: Message) -> Result<Message, Stop> {
+        let (Some(masker), Some(plan)) = (&self.masker, &self.copy) else {
+            return Ok(msg);
+        };
+        let row = if plan.csv {
+            masker.copy_csv_row(&msg.body, &plan.modes)
+        } else {
+            masker.copy_text_row(&msg.body, &plan.modes)
+        };
+        let row = row.map_err(|e| Stop::Internal(format!("cannot mask a COPY row: {e}")))?;
+        if row != msg.body {
+            let labels: Vec<String> = plan
+                .modes
+                .iter()
+                .zip(&plan.labels)
+                .filter(|(m, _)| m.is_some())
+                .map(|(_, l)| l.clone())
+                .collect();
+            if let Some(p) = self.pending_mut() {
+                if labels.is_empty() {
+                    p.masked.insert("copy (detected values)".into());
+                }
+                p.masked.extend(labels);
+            }
+        }
+        Ok(Message {
+            tag: b'd',
+            body: Bytes::from(row),
+        })
+    }
+}
+
+impl super::Shared {
+    fn upstream_tls_for(&self, resource: &str) -> Option<(Arc<rustls::ClientConfig>, String)> {
+        self.upstream_tls.get(resource).cloned()
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn copy_targets(d: &Decision) -> Vec<CopyOut> {
+    d.statements
+        .iter()
+        .filter_map(|s| s.copy_out.clone())
+        .collect()
+}
+
+fn is_ddl(d: &Decision) -> bool {
+    d.statements.iter().any(|s| s.kind == Kind::Ddl)
+}
+
+/// Rows from a CommandComplete tag (`SELECT 5`, `INSERT 0 3`, `COPY 7`).
+fn command_rows(msg: &Message) -> Option<u64> {
+    let tag = Reader::new(msg).cstr().ok()?;
+    let tag = std::str::from_utf8(tag).ok()?;
+    tag.rsplit(' ').next()?.parse().ok()
+}
+
+struct Field {
+    name: Vec<u8>,
+    table_oid: u32,
+    attnum: i16,
+    type_oid: u32,
+    binary: bool,
+}
+
+fn parse_row_description(msg: &Message) -> Result<Vec<Field>, wire::WireError> {
+    let mut r = Reader::new(msg);
+    let n = r.i16()?;
+    let mut out = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+    for _ in 0..n {
+        let name = r.cstr()?.to_vec();
+        let table_oid = r.u32()?;
+        let attnum = r.i16()?;
+        let type_oid = r.u32()?;
+        let _len = r.i16()?;
+        let _mod = r.i32()?;
+        let format = r.i16()?;
+        out.push(Field {
+            name,
+            table_oid,
+            attnum,
+            type_oid,
+            binary: format == 1,
+        });
+    }
+    Ok(out)
+}
+
+/// Types whose values cannot carry text a detector looks for.
+fn safe_from_detectors(oid: u32) -> bool {
+    matches!(
+        oid,
+        16 // bool
+        | 21 // int2
+        | 23 // int4
+        | 26 // oid
+        | 700 // float4
+        | 701 // float8
+        | 1082 // date
+        | 1083 // time
+        | 1114 // timestamp
+        | 1184 // timestamptz
+        | 1186 // interval
+        | 1266 // timetz
+        | 2950 // uuid
+        | 17 // bytea: binary data, not text (text format is hex)
+    )
+}
+
+/// Runs the detectors on one value. Some(replacement) if anything was found.
+fn detect_value(masker: &Masker, col: &Column, v: &[u8]) -> Option<Option<Vec<u8>>> {
+    let text: std::borrow::Cow<'_, str> = if col.binary {
+        match col.type_oid {
+            20 => {
+                // int8 in binary: its decimal text is what a detector sees.
+                let n = i64::from_be_bytes(<[u8; 8]>::try_from(v).ok()?);
+                std::borrow::Cow::Owned(n.to_string())
+            }
+            oid if masking::is_text_like_type(oid) => String::from_utf8_lossy(v),
+            3802 => String::from_utf8_lossy(v.get(1..).unwrap_or_default()), // jsonb: version byte
+            // Other binary encodings (arrays, records, numeric): scan the
+            // raw bytes; anything found nulls the value.
+            _ => {
+                let lossy = String::from_utf8_lossy(v);
+                return masker.detect(&lossy).map(|_| None);
+            }
+        }
+    } else {
+        String::from_utf8_lossy(v)
+    };
+    let found = masker.detect(&text)?;
+    if col.binary && !masking::is_text_like_type(col.type_oid) {
+        // Cannot re-encode a masked value of this type: null it.
+        return Some(None);
+    }
+    Some(found.map(String::into_bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_tags_give_row_counts() {
+        let m = |t: &str| Builder::new(b'C').cstr(t.as_bytes()).finish();
+        assert_eq!(command_rows(&m("SELECT 5")), Some(5));
+        assert_eq!(command_rows(&m("INSERT 0 3")), Some(3));
+        assert_eq!(command_rows(&m("BEGIN")), None);
+    }
+
+    #[test]
+    fn token_search() {
+        assert!(contains(b"syntax error at or near \"cordon_denied_1\"", b"cordon_denied_1"));
+        assert!(!contains(b"abc", b""));
+    }
+}
