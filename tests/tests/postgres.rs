@@ -423,7 +423,11 @@ s = startup(); s.sendall(b"Q" + struct.pack("!I", 9) + b"selec"); print("nonul",
 "#,
         port = pg.port()
     );
-    let out = agent_run(&d, vec!["python3".into(), "-c".into(), script], &[]);
+    let out = agent_run(
+        &d,
+        vec!["/usr/bin/python3".into(), "-c".into(), script],
+        &[],
+    );
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     for case in ["big", "short", "tag", "nonul"] {

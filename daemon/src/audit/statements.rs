@@ -48,7 +48,11 @@ pub fn clip(text: &str) -> String {
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}… [{} bytes]", text.get(..end).unwrap_or_default(), text.len())
+    format!(
+        "{}… [{} bytes]",
+        text.get(..end).unwrap_or_default(),
+        text.len()
+    )
 }
 
 fn key(session: SessionId, seq: u32) -> [u8; 12] {

@@ -3,8 +3,8 @@
 
 pub mod daemon;
 pub mod pin;
-pub mod replay;
 pub mod policy;
+pub mod replay;
 pub mod run;
 pub mod sessions;
 pub mod status;

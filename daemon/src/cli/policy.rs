@@ -49,7 +49,10 @@ mod tests {
         .unwrap();
         assert!(check(std::slice::from_ref(&good)).is_ok());
         let err = check(&[good, bad]).unwrap_err();
-        assert!(err.to_string().contains("1 policy file is invalid"), "{err}");
+        assert!(
+            err.to_string().contains("1 policy file is invalid"),
+            "{err}"
+        );
         assert!(check(&[]).is_err());
     }
 }

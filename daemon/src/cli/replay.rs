@@ -30,15 +30,16 @@ pub fn run(config: &Path, id: &str) -> anyhow::Result<()> {
     for st in &stmts {
         let offset = start
             .zip(
-                time::OffsetDateTime::parse(
-                    &st.at,
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .ok(),
+                time::OffsetDateTime::parse(&st.at, &time::format_description::well_known::Rfc3339)
+                    .ok(),
             )
             .map(|(a, b)| (b - a).as_seconds_f64())
             .unwrap_or(0.0);
-        println!("[+{offset:>9.3}s] {} {}", verdict_label(&st.verdict), escape(&st.rule));
+        println!(
+            "[+{offset:>9.3}s] {} {}",
+            verdict_label(&st.verdict),
+            escape(&st.rule)
+        );
         println!("    {}", escape(&one_line(&st.text)));
         match (&st.reason, &st.error) {
             (Some(r), _) => println!("    -> denied: {}", escape(r)),

@@ -655,7 +655,9 @@ fn postgres_resource(
     } else {
         return Err(invalid(
             format!("resource[{i}].policy"),
-            format!("expected a policy name of [A-Za-z0-9_-] or an absolute path, got `{policy_name}`"),
+            format!(
+                "expected a policy name of [A-Za-z0-9_-] or an absolute path, got `{policy_name}`"
+            ),
         ));
     };
     let policy = crate::policy::load(&policy_path)
@@ -673,7 +675,8 @@ fn postgres_resource(
             if r.upstream_ca.is_some() || r.upstream_server_name.is_some() {
                 return Err(invalid(
                     format!("resource[{i}].upstream_tls"),
-                    "`upstream_ca`/`upstream_server_name` need upstream_tls = \"verify-full\"".into(),
+                    "`upstream_ca`/`upstream_server_name` need upstream_tls = \"verify-full\""
+                        .into(),
                 ));
             }
             None

@@ -9,24 +9,51 @@ use sqlparser::ast::{Expr, Value};
 const DENIED_FUNCTIONS: &[(&str, &str)] = &[
     // Server files.
     ("pg_read_file", "it reads files on the database server"),
-    ("pg_read_binary_file", "it reads files on the database server"),
+    (
+        "pg_read_binary_file",
+        "it reads files on the database server",
+    ),
     ("pg_stat_file", "it inspects files on the database server"),
     ("lo_import", "it reads a file on the database server"),
     ("lo_export", "it writes a file on the database server"),
     ("pg_logdir_ls", "it lists server directories"),
     // SQL text executed by the function itself, invisible to the policy.
     ("query_to_xml", "it runs SQL text the policy cannot check"),
-    ("query_to_xml_and_xmlschema", "it runs SQL text the policy cannot check"),
-    ("query_to_xmlschema", "it runs SQL text the policy cannot check"),
+    (
+        "query_to_xml_and_xmlschema",
+        "it runs SQL text the policy cannot check",
+    ),
+    (
+        "query_to_xmlschema",
+        "it runs SQL text the policy cannot check",
+    ),
     ("ts_stat", "it runs SQL text the policy cannot check"),
     ("ts_rewrite", "it can run SQL text the policy cannot check"),
     // Whole tables/schemas/databases dumped by name, past table rules and column masking.
-    ("table_to_xml", "it dumps a table past the policy and masking"),
-    ("table_to_xml_and_xmlschema", "it dumps a table past the policy and masking"),
-    ("schema_to_xml", "it dumps a schema past the policy and masking"),
-    ("schema_to_xml_and_xmlschema", "it dumps a schema past the policy and masking"),
-    ("database_to_xml", "it dumps the database past the policy and masking"),
-    ("database_to_xml_and_xmlschema", "it dumps the database past the policy and masking"),
+    (
+        "table_to_xml",
+        "it dumps a table past the policy and masking",
+    ),
+    (
+        "table_to_xml_and_xmlschema",
+        "it dumps a table past the policy and masking",
+    ),
+    (
+        "schema_to_xml",
+        "it dumps a schema past the policy and masking",
+    ),
+    (
+        "schema_to_xml_and_xmlschema",
+        "it dumps a schema past the policy and masking",
+    ),
+    (
+        "database_to_xml",
+        "it dumps the database past the policy and masking",
+    ),
+    (
+        "database_to_xml_and_xmlschema",
+        "it dumps the database past the policy and masking",
+    ),
     // Other sessions and the server itself.
     ("pg_terminate_backend", "it ends other sessions"),
     ("pg_cancel_backend", "it cancels other sessions' queries"),
@@ -41,26 +68,56 @@ const DENIED_FUNCTIONS: &[(&str, &str)] = &[
     ("pg_stop_backup", "it administers the server"),
     ("pg_wal_replay_pause", "it administers the server"),
     ("pg_wal_replay_resume", "it administers the server"),
-    ("pg_log_backend_memory_contexts", "it administers the server"),
+    (
+        "pg_log_backend_memory_contexts",
+        "it administers the server",
+    ),
     ("pg_import_system_collations", "it administers the server"),
-    ("pg_show_all_file_settings", "it reads the server's configuration files"),
-    ("pg_hba_file_rules", "it reads the server's authentication configuration"),
-    ("pg_ident_file_mappings", "it reads the server's authentication configuration"),
+    (
+        "pg_show_all_file_settings",
+        "it reads the server's configuration files",
+    ),
+    (
+        "pg_hba_file_rules",
+        "it reads the server's authentication configuration",
+    ),
+    (
+        "pg_ident_file_mappings",
+        "it reads the server's authentication configuration",
+    ),
     // Replication: raw change streams bypass every table rule and masking.
-    ("pg_create_physical_replication_slot", "it manages replication"),
-    ("pg_create_logical_replication_slot", "it manages replication"),
+    (
+        "pg_create_physical_replication_slot",
+        "it manages replication",
+    ),
+    (
+        "pg_create_logical_replication_slot",
+        "it manages replication",
+    ),
     ("pg_drop_replication_slot", "it manages replication"),
     ("pg_replication_slot_advance", "it manages replication"),
-    ("pg_copy_physical_replication_slot", "it manages replication"),
+    (
+        "pg_copy_physical_replication_slot",
+        "it manages replication",
+    ),
     ("pg_copy_logical_replication_slot", "it manages replication"),
-    ("pg_logical_emit_message", "it writes to the replication stream"),
+    (
+        "pg_logical_emit_message",
+        "it writes to the replication stream",
+    ),
 ];
 
 /// Functions denied by name prefix.
 const DENIED_FUNCTION_PREFIXES: &[(&str, &str)] = &[
     ("pg_ls_", "it lists server directories"),
-    ("pg_file_", "it writes or removes files on the database server"),
-    ("dblink", "it connects from the database server to other servers"),
+    (
+        "pg_file_",
+        "it writes or removes files on the database server",
+    ),
+    (
+        "dblink",
+        "it connects from the database server to other servers",
+    ),
     (
         "pg_logical_slot_",
         "it reads raw data changes past the policy and masking",

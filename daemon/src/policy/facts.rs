@@ -205,7 +205,10 @@ impl Gather<'_> {
                 );
             };
             let value = literal(arg(1));
-            return self.setting(&setting.to_ascii_lowercase(), NewValue::Text(value.as_deref()));
+            return self.setting(
+                &setting.to_ascii_lowercase(),
+                NewValue::Text(value.as_deref()),
+            );
         }
         ControlFlow::Continue(())
     }
@@ -236,7 +239,10 @@ impl Gather<'_> {
             Statement::Query(q) => {
                 if !matches!(
                     *q.body,
-                    SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
+                    SetExpr::Insert(_)
+                        | SetExpr::Update(_)
+                        | SetExpr::Delete(_)
+                        | SetExpr::Merge(_)
                 ) {
                     self.part(Kind::Select, false);
                 }
@@ -348,7 +354,10 @@ impl Gather<'_> {
             }
             Statement::Drop {
                 object_type:
-                    ObjectType::Table | ObjectType::View | ObjectType::MaterializedView | ObjectType::Sequence,
+                    ObjectType::Table
+                    | ObjectType::View
+                    | ObjectType::MaterializedView
+                    | ObjectType::Sequence,
                 names,
                 ..
             } => {
@@ -388,10 +397,9 @@ impl Gather<'_> {
                 }
                 ControlFlow::Continue(())
             }
-            Set::SetSessionAuthorization(_) => self.setting(
-                "session_authorization",
-                NewValue::Text(None),
-            ),
+            Set::SetSessionAuthorization(_) => {
+                self.setting("session_authorization", NewValue::Text(None))
+            }
             // SET ROLE NONE returns to the session user.
             Set::SetRole {
                 role_name: None, ..
@@ -416,11 +424,7 @@ impl Visitor for Gather<'_> {
     }
 
     fn post_visit_statement(&mut self, s: &Statement) -> ControlFlow<()> {
-        if self
-            .no_exec
-            .last()
-            .is_some_and(|p| std::ptr::eq(*p, s))
-        {
+        if self.no_exec.last().is_some_and(|p| std::ptr::eq(*p, s)) {
             self.no_exec.pop();
         }
         ControlFlow::Continue(())
@@ -471,11 +475,7 @@ impl Visitor for Gather<'_> {
     }
 
     fn post_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
-        if self
-            .scopes
-            .last()
-            .is_some_and(|s| std::ptr::eq(s.query, q))
-        {
+        if self.scopes.last().is_some_and(|s| std::ptr::eq(s.query, q)) {
             self.scopes.pop();
         }
         if let Some(parent) = self.scopes.last_mut() {
@@ -528,11 +528,7 @@ impl Visitor for Gather<'_> {
     }
 
     fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
-        if let Some(i) = self
-            .skip_relations
-            .iter()
-            .position(|p| std::ptr::eq(*p, r))
-        {
+        if let Some(i) = self.skip_relations.iter().position(|p| std::ptr::eq(*p, r)) {
             self.skip_relations.swap_remove(i);
         } else {
             self.table(r);
@@ -579,8 +575,12 @@ fn is_false(v: &Value) -> bool {
     match v {
         Value::Boolean(b) => !b,
         Value::Number(n, _) => n == "0",
-        other => builtin::literal_text(other)
-            .is_some_and(|t| matches!(t.to_ascii_lowercase().as_str(), "off" | "false" | "0" | "no")),
+        other => builtin::literal_text(other).is_some_and(|t| {
+            matches!(
+                t.to_ascii_lowercase().as_str(),
+                "off" | "false" | "0" | "no"
+            )
+        }),
     }
 }
 
@@ -730,9 +730,17 @@ fn kind_by_keywords(lead: Lead) -> Kind {
             _,
         ) => Kind::Ddl,
         (K::SHOW | K::DESCRIBE | K::DESC, _) => Kind::Show,
-        (K::BEGIN | K::START | K::COMMIT | K::END | K::ROLLBACK | K::ABORT | K::SAVEPOINT | K::RELEASE, _) => {
-            Kind::Transaction
-        }
+        (
+            K::BEGIN
+            | K::START
+            | K::COMMIT
+            | K::END
+            | K::ROLLBACK
+            | K::ABORT
+            | K::SAVEPOINT
+            | K::RELEASE,
+            _,
+        ) => Kind::Transaction,
         _ => Kind::Other,
     }
 }

@@ -17,12 +17,12 @@ pub enum PolicyError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{} line {line}: {}", file.display(), source.message())]
+    #[error("{} line {line}: {}", file.display(), source.message().trim().replace('\n', "; "))]
     Syntax {
         file: PathBuf,
         line: usize,
         #[source]
-        source: toml::de::Error,
+        source: Box<toml::de::Error>,
     },
     #[error("{} line {line}: {problem}", file.display())]
     Invalid {
@@ -37,18 +37,6 @@ pub enum PolicyError {
         #[source]
         source: MaskingError,
     },
-}
-
-impl PolicyError {
-    /// The line the error points at (1-based), if it is about the file's content.
-    pub fn line(&self) -> Option<usize> {
-        match self {
-            PolicyError::Read { .. } => None,
-            PolicyError::Syntax { line, .. }
-            | PolicyError::Invalid { line, .. }
-            | PolicyError::Masking { line, .. } => Some(*line),
-        }
-    }
 }
 
 /// What is wrong with a policy file that is valid TOML.
@@ -142,10 +130,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, PolicyError> {
         problem,
     };
 
-    let doc: Doc = toml::from_str(text).map_err(|source| PolicyError::Syntax {
+    let doc: Doc = toml::from_str(text).map_err(|source: toml::de::Error| PolicyError::Syntax {
         file: file.to_owned(),
         line: source.span().map_or(1, line_of),
-        source,
+        source: Box::new(source),
     })?;
 
     let header = doc.policy.into_inner();

@@ -6,7 +6,6 @@
 /// quoted ones kept as written, like PostgreSQL does), and patterns are written in lower case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Glob {
-    source: String,
     matcher: Matcher,
 }
 
@@ -37,14 +36,7 @@ impl Glob {
         } else {
             Matcher::General(pattern.chars().collect())
         };
-        Glob {
-            source: pattern.to_owned(),
-            matcher,
-        }
-    }
-
-    pub(super) fn as_str(&self) -> &str {
-        &self.source
+        Glob { matcher }
     }
 
     pub(super) fn matches(&self, name: &str) -> bool {
@@ -61,7 +53,7 @@ impl Glob {
 fn glob_match(pattern: &[char], text: &str) -> bool {
     let mut p = 0usize;
     let mut t = 0usize; // byte offset into `text`
-    // (pattern index just after the last `*`, text offset that star currently extends to)
+                        // (pattern index just after the last `*`, text offset that star currently extends to)
     let mut star: Option<(usize, usize)> = None;
     loop {
         let tc = text.get(t..).and_then(|rest| rest.chars().next());
@@ -120,7 +112,11 @@ mod tests {
             ("pg_ls_*", "pg_l", false),
             ("*a*b*c", "xaxbxc", true),
             ("*a*b*c", "xaxbx", false),
-            ("*a*a*a*a*b", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", false),
+            (
+                "*a*a*a*a*b",
+                "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                false,
+            ),
             ("d?lete", "délete", true),
         ];
         for (pattern, text, want) in cases {

@@ -16,10 +16,10 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{
     Assignment, AssignmentTarget, CopySource, Delete, Expr, FromTable, FunctionArg,
-    FunctionArgExpr, FunctionArguments, Insert, JoinConstraint, JoinOperator, Merge,
-    MergeAction, MergeInsertKind, MergeUpdateKind, ObjectName, OnConflictAction, OnInsert, Query,
-    Select, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor,
-    TableObject, TableWithJoins, Update, UpdateTableFromKind, Values, Visit, Visitor,
+    FunctionArgExpr, FunctionArguments, Insert, JoinConstraint, JoinOperator, Merge, MergeAction,
+    MergeInsertKind, MergeUpdateKind, ObjectName, OnConflictAction, OnInsert, Query, Select,
+    SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, TableObject,
+    TableWithJoins, Update, UpdateTableFromKind, Values, Visit, Visitor,
 };
 
 use super::{last_name, name_parts, norm_ident, table_names};
@@ -282,7 +282,12 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn values(&mut self, v: &Values, out: Out<'_>, setop: Option<&Setop<'_>>) -> Result<(), Problem> {
+    fn values(
+        &mut self,
+        v: &Values,
+        out: Out<'_>,
+        setop: Option<&Setop<'_>>,
+    ) -> Result<(), Problem> {
         for row in &v.rows {
             for (j, e) in row.content.iter().enumerate() {
                 let Some(hit) = self.mentions(e) else {
@@ -301,7 +306,12 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn select(&mut self, s: &Select, out: Out<'_>, setop: Option<&Setop<'_>>) -> Result<(), Problem> {
+    fn select(
+        &mut self,
+        s: &Select,
+        out: Out<'_>,
+        setop: Option<&Setop<'_>>,
+    ) -> Result<(), Problem> {
         let rows = self.rows.len();
         let result = self.select_inner(s, out, setop);
         self.rows.truncate(rows);
@@ -561,8 +571,7 @@ impl Ctx<'_> {
         let target = schema_table(name);
         let sink = Sink {
             target: Some(target.clone()),
-            columns: (!ins.columns.is_empty())
-                .then(|| ins.columns.iter().map(last_name).collect()),
+            columns: (!ins.columns.is_empty()).then(|| ins.columns.iter().map(last_name).collect()),
             by_output_name: false,
         };
         if let Some(source) = &ins.source {
@@ -594,8 +603,9 @@ impl Ctx<'_> {
         let result = (|| {
             let mut plain = true;
             self.table_with_joins(&u.table, &mut plain)?;
-            if let Some(UpdateTableFromKind::BeforeSet(from) | UpdateTableFromKind::AfterSet(from)) =
-                &u.from
+            if let Some(
+                UpdateTableFromKind::BeforeSet(from) | UpdateTableFromKind::AfterSet(from),
+            ) = &u.from
             {
                 for twj in from {
                     self.table_with_joins(twj, &mut plain)?;
@@ -682,7 +692,11 @@ impl Ctx<'_> {
     }
 
     /// `SET col = value`: a value reading a masked column must land in a masked column.
-    fn assignments(&mut self, target: &(String, String), list: &[Assignment]) -> Result<(), Problem> {
+    fn assignments(
+        &mut self,
+        target: &(String, String),
+        list: &[Assignment],
+    ) -> Result<(), Problem> {
         for a in list {
             let Some(hit) = self.mentions(&a.value) else {
                 continue;
@@ -706,7 +720,12 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn returning(&mut self, items: &[SelectItem], out: Out<'_>, plain: bool) -> Result<(), Problem> {
+    fn returning(
+        &mut self,
+        items: &[SelectItem],
+        out: Out<'_>,
+        plain: bool,
+    ) -> Result<(), Problem> {
         for (j, item) in items.iter().enumerate() {
             self.item(item, j, out, plain, None, "RETURNING list")?;
         }
@@ -736,14 +755,15 @@ impl Ctx<'_> {
                         }
                         continue;
                     }
-                    SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) | SetExpr::Merge(s) => {
-                        match s {
-                            Statement::Insert(i) => i.returning.as_deref().unwrap_or_default(),
-                            Statement::Update(u) => u.returning.as_deref().unwrap_or_default(),
-                            Statement::Delete(d) => d.returning.as_deref().unwrap_or_default(),
-                            _ => &[],
-                        }
-                    }
+                    SetExpr::Insert(s)
+                    | SetExpr::Update(s)
+                    | SetExpr::Delete(s)
+                    | SetExpr::Merge(s) => match s {
+                        Statement::Insert(i) => i.returning.as_deref().unwrap_or_default(),
+                        Statement::Update(u) => u.returning.as_deref().unwrap_or_default(),
+                        Statement::Delete(d) => d.returning.as_deref().unwrap_or_default(),
+                        _ => &[],
+                    },
                     SetExpr::Table(_) => return true,
                 };
                 for item in items {
@@ -774,7 +794,10 @@ fn schema_table(name: &ObjectName) -> (String, String) {
     }
 }
 
-fn new_table_sink<'a>(name: &ObjectName, columns: impl Iterator<Item = &'a sqlparser::ast::Ident>) -> Sink {
+fn new_table_sink<'a>(
+    name: &ObjectName,
+    columns: impl Iterator<Item = &'a sqlparser::ast::Ident>,
+) -> Sink {
     let columns: Vec<String> = columns.map(norm_ident).collect();
     Sink {
         target: Some(schema_table(name)),

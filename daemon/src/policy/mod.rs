@@ -48,6 +48,8 @@ use sqlparser::{
     tokenizer::{Token, TokenWithSpan},
 };
 
+// `parse` and the error types are API for callers that hold the text themselves (tests, tools).
+#[allow(unused_imports)]
 pub use file::{load, parse, PolicyError, Problem};
 
 use facts::{Builtin, Facts, Lead, Part};
@@ -190,6 +192,8 @@ impl fmt::Display for Kind {
 #[derive(Debug)]
 pub struct Policy {
     pub name: String,
+    /// Free text from the file, for people and tools.
+    #[allow(dead_code)]
     pub description: String,
     /// The verdict when no rule matches.
     pub default: Action,
@@ -261,7 +265,8 @@ pub struct Decision {
 #[derive(Debug, Clone)]
 pub struct StatementInfo {
     pub kind: Kind,
-    /// Tables referenced, as `schema.table` lower-case.
+    /// Tables referenced, as `schema.table` lower-case (for the audit).
+    #[allow(dead_code)]
     pub tables: Vec<String>,
     /// COPY ... TO STDOUT: which table and columns (empty = all columns in table order), or a query.
     pub copy_out: Option<CopyOut>,
@@ -421,17 +426,25 @@ impl Policy {
             }
         };
         let mut facts = facts::gather(&stmt, lead, &self.options);
-        if facts.denial.is_none() && self.masking.has_column_rules() {
-            if let Err(problem) = masked::check(&stmt, &self.masking) {
-                facts.denial = Some(Builtin {
-                    rule: "masked-expression",
-                    reason: problem.to_string(),
-                });
-            }
-        }
         let verdict = match facts.denial.take() {
             Some(b) => Verdict::builtin(b),
-            None => self.judge(&facts),
+            None => {
+                let verdict = self.judge(&facts);
+                // Only worth the walk when the rules would let the statement run; a rule's
+                // deny is as final and names the policy's own reason.
+                match verdict.action {
+                    Action::Allow | Action::Approve if self.masking.has_column_rules() => {
+                        match masked::check(&stmt, &self.masking) {
+                            Ok(()) => verdict,
+                            Err(problem) => Verdict::builtin(Builtin {
+                                rule: "masked-expression",
+                                reason: problem.to_string(),
+                            }),
+                        }
+                    }
+                    _ => verdict,
+                }
+            }
         };
         (info(facts), verdict)
     }
@@ -504,17 +517,6 @@ impl Policy {
             rule: format!("{}/{rule_name}", self.name),
             reason: format!("policy {} rule {rule_name}: {what} {verdict}", self.name),
         }
-    }
-
-    /// The glob patterns of a rule's `tables`, for diagnostics.
-    #[cfg(test)]
-    fn rule_tables(&self, rule: &str) -> Option<Vec<&str>> {
-        self.rules
-            .iter()
-            .find(|r| r.name == rule)?
-            .tables
-            .as_ref()
-            .map(|g| g.iter().map(Glob::as_str).collect())
     }
 
     /// Number of `[[rule]]` entries.

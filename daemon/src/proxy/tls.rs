@@ -133,12 +133,11 @@ impl LocalCa {
             .signed_by(&key, &self.issuer)
             .map_err(TlsError::Issue)?;
         let chain = vec![cert.der().clone()];
-        let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| {
-            TlsError::Invalid {
+        let key_der =
+            PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| TlsError::Invalid {
                 path: self.cert_path.clone(),
                 what: e.to_string(),
-            }
-        })?;
+            })?;
         let config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(TlsError::Config)?
@@ -188,7 +187,10 @@ mod tests {
         let mode = std::fs::metadata(dir.path().join("ca.key"))
             .unwrap()
             .permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
         let first = std::fs::read(ca.cert_path()).unwrap();
         assert!(ca
             .server_config(&["127.0.0.1".into(), "db.internal".into()])

@@ -83,7 +83,10 @@ impl Catalog {
 }
 
 /// Runs one catalog query on `conn` and returns its rows (text format).
-pub async fn query(conn: &mut Stream, sql: &str) -> Result<Vec<Vec<Option<String>>>, UpstreamError> {
+pub async fn query(
+    conn: &mut Stream,
+    sql: &str,
+) -> Result<Vec<Vec<Option<String>>>, UpstreamError> {
     let mut out = BytesMut::new();
     frontend::query(sql, &mut out)?;
     conn.write_all(&out).await?;
@@ -153,8 +156,21 @@ pub async fn load_tables(
         oids.iter().map(|&o| (o, Vec::new())).collect();
     for row in rows {
         let mut it = row.into_iter();
-        let (Some(Some(oid)), Some(Some(attnum)), Some(Some(schema)), Some(Some(table)), Some(Some(column)), Some(Some(dropped))) =
-            (it.next(), it.next(), it.next(), it.next(), it.next(), it.next())
+        let (
+            Some(Some(oid)),
+            Some(Some(attnum)),
+            Some(Some(schema)),
+            Some(Some(table)),
+            Some(Some(column)),
+            Some(Some(dropped)),
+        ) = (
+            it.next(),
+            it.next(),
+            it.next(),
+            it.next(),
+            it.next(),
+            it.next(),
+        )
         else {
             continue;
         };
@@ -168,7 +184,7 @@ pub async fn load_tables(
             cols.resize(attnum, None);
         }
         if let Some(slot) = cols.get_mut(attnum - 1) {
-            *slot = (dropped != "t").then(|| ColumnName {
+            *slot = (dropped != "t").then_some(ColumnName {
                 schema,
                 table,
                 column,

@@ -236,12 +236,8 @@ async fn opening(
                 }
                 match (tls, &*conn) {
                     (Some(cfg), AgentConn::Plain(_)) => {
-                        conn.io()
-                            .write_all(b"S")
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        let AgentConn::Plain(tcp) =
-                            std::mem::replace(conn, AgentConn::closed())
+                        conn.io().write_all(b"S").await.map_err(|e| e.to_string())?;
+                        let AgentConn::Plain(tcp) = std::mem::replace(conn, AgentConn::closed())
                         else {
                             return Err("internal: TLS state".into());
                         };
@@ -251,18 +247,10 @@ async fn opening(
                             .map_err(|e| format!("TLS handshake with the agent: {e}"))?;
                         *conn = AgentConn::Tls(Box::new(stream));
                     }
-                    _ => conn
-                        .io()
-                        .write_all(b"N")
-                        .await
-                        .map_err(|e| e.to_string())?,
+                    _ => conn.io().write_all(b"N").await.map_err(|e| e.to_string())?,
                 }
             }
-            wire::GSSENC_REQUEST => conn
-                .io()
-                .write_all(b"N")
-                .await
-                .map_err(|e| e.to_string())?,
+            wire::GSSENC_REQUEST => conn.io().write_all(b"N").await.map_err(|e| e.to_string())?,
             wire::CANCEL_REQUEST => {
                 let mut r = wire::Reader::over(0, &payload);
                 let key = (
@@ -315,7 +303,9 @@ fn startup(params: Vec<(String, String)>, minor: i32) -> Result<Startup, String>
     let user = user
         .filter(|u| !u.is_empty())
         .ok_or("the start-up message names no user")?;
-    let database = database.filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
+    let database = database
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
     let negotiate = (minor > 0 || !pq_options.is_empty()).then_some((minor, pq_options));
     Ok(Startup {
         user,
@@ -329,7 +319,11 @@ fn fatal(code: &str, message: &str) -> Message {
     wire::error_response(Severity::Fatal, code, message, None)
 }
 
-pub async fn serve(ctx: SessionCtx, agent: TcpStream, upstream: std::io::Result<TcpStream>) -> Session {
+pub async fn serve(
+    ctx: SessionCtx,
+    agent: TcpStream,
+    upstream: std::io::Result<TcpStream>,
+) -> Session {
     let SessionCtx {
         gw,
         mut record,
@@ -338,7 +332,8 @@ pub async fn serve(ctx: SessionCtx, agent: TcpStream, upstream: std::io::Result<
     } = ctx;
     let shared = &gw.postgres;
     let Some(pg) = admitted.resource.postgres.clone() else {
-        record.end_reason = Some(End::Internal("postgres resource without settings".into()).describe());
+        record.end_reason =
+            Some(End::Internal("postgres resource without settings".into()).describe());
         return record;
     };
     let tls = if pg.agent_tls {
@@ -351,7 +346,8 @@ pub async fn serve(ctx: SessionCtx, agent: TcpStream, upstream: std::io::Result<
     let opened = tokio::time::timeout(STARTUP_DEADLINE, opening(&mut conn, &mut buf, tls)).await;
     let start = match opened {
         Err(_) => {
-            record.end_reason = Some(End::AgentError("no start-up message within 15 s".into()).describe());
+            record.end_reason =
+                Some(End::AgentError("no start-up message within 15 s".into()).describe());
             return record;
         }
         Ok(Err(e)) => {
@@ -360,7 +356,8 @@ pub async fn serve(ctx: SessionCtx, agent: TcpStream, upstream: std::io::Result<
             return record;
         }
         Ok(Ok(Opening::Cancel(key))) => {
-            record.end_reason = Some(cancel(&gw, &admitted.principal.agent, &admitted.resource.name, key).await);
+            record.end_reason =
+                Some(cancel(&gw, &admitted.principal.agent, &admitted.resource.name, key).await);
             return record;
         }
         Ok(Ok(Opening::Startup(s))) => s,
@@ -422,7 +419,11 @@ pub async fn serve(ctx: SessionCtx, agent: TcpStream, upstream: std::io::Result<
             return record;
         }
         Err(_) => {
-            let _ = send(&mut conn, &fatal("08006", "cordon: the upstream login timed out")).await;
+            let _ = send(
+                &mut conn,
+                &fatal("08006", "cordon: the upstream login timed out"),
+            )
+            .await;
             record.end_reason = Some(End::UpstreamError("login timed out".into()).describe());
             return record;
         }
@@ -471,12 +472,13 @@ pub async fn serve(ctx: SessionCtx, agent: TcpStream, upstream: std::io::Result<
         database: start.database.clone(),
         policy: pg.policy.clone(),
         credential: pg.credential.clone(),
-        upstream_user: pg.upstream_user.clone().unwrap_or_else(|| start.user.clone()),
+        upstream_user: pg
+            .upstream_user
+            .clone()
+            .unwrap_or_else(|| start.user.clone()),
         status: up.status,
     });
-    let outcome = session
-        .run(agent_stream, buf, up.stream, deadline)
-        .await;
+    let outcome = session.run(agent_stream, buf, up.stream, deadline).await;
     if let Some(k) = cancel_key {
         shared.forget_cancel(k);
     }
@@ -521,11 +523,18 @@ mod tests {
     fn startup_parameters_are_vetted() {
         let p = |kv: &[(&str, &str)]| {
             startup(
-                kv.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+                kv.iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
                 0,
             )
         };
-        let s = p(&[("user", "bob"), ("client_encoding", "UTF8"), ("DateStyle", "ISO")]).unwrap();
+        let s = p(&[
+            ("user", "bob"),
+            ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO"),
+        ])
+        .unwrap();
         assert_eq!((s.user.as_str(), s.database.as_str()), ("bob", "bob"));
         assert_eq!(s.params.len(), 2);
         assert!(p(&[("user", "bob"), ("options", "-c role=postgres")])

@@ -94,7 +94,9 @@ enum Expect {
     Bind,
     /// `swallow`: injected by Cordon to learn a portal's columns; the agent
     /// did not ask and does not see the answer.
-    Describe { statement: bool, swallow: bool },
+    Describe {
+        swallow: bool,
+    },
     Execute(Box<Pending>),
     Close,
     Sync,
@@ -191,8 +193,8 @@ impl Session {
             status,
         } = setup;
         let rules = policy.masking.clone();
-        let masker = (!rules.is_empty())
-            .then(|| Masker::new(rules, gw.vault.derive_key("masking-hash")));
+        let masker =
+            (!rules.is_empty()).then(|| Masker::new(rules, gw.vault.derive_key("masking-hash")));
         let catalog = gw.postgres.catalogs.for_db(&resource, &database);
         let token = format!("cordon_denied_{:016x}", rand::random::<u64>());
         Self {
@@ -236,7 +238,10 @@ impl Session {
                 if let Err(stop) = self.on_agent_bytes(&mut agent_in).await {
                     break stop;
                 }
-                if let Err(stop) = self.flush(&mut agent, &mut upstream, &mut bytes_up, &mut bytes_down).await {
+                if let Err(stop) = self
+                    .flush(&mut agent, &mut upstream, &mut bytes_up, &mut bytes_down)
+                    .await
+                {
                     break stop;
                 }
                 if agent_in.capacity() - agent_in.len() < 4096 {
@@ -360,7 +365,10 @@ impl Session {
                 .write_all(&self.to_agent)
                 .await
                 .map_err(|e| Stop::Agent(e.to_string()))?;
-            agent.flush().await.map_err(|e| Stop::Agent(e.to_string()))?;
+            agent
+                .flush()
+                .await
+                .map_err(|e| Stop::Agent(e.to_string()))?;
             *down += self.to_agent.len() as u64;
             self.to_agent.clear();
         }
@@ -475,15 +483,14 @@ impl Session {
             }
             b'D' => {
                 let mut r = Reader::new(&msg);
-                let kind = r.u8().map_err(|e| self.protocol_violation(&e.to_string()))?;
+                let kind = r
+                    .u8()
+                    .map_err(|e| self.protocol_violation(&e.to_string()))?;
                 if !matches!(kind, b'S' | b'P') {
                     return Err(self.protocol_violation("Describe of neither 'S' nor 'P'"));
                 }
                 msg.write_to(&mut self.to_upstream);
-                self.expect.push_back(Expect::Describe {
-                    statement: kind == b'S',
-                    swallow: false,
-                });
+                self.expect.push_back(Expect::Describe { swallow: false });
             }
             b'E' => {
                 let portal = Reader::new(&msg)
@@ -514,17 +521,16 @@ impl Session {
                         .finish()
                         .write_to(&mut out);
                     self.to_upstream.extend_from_slice(&out);
-                    self.expect.push_back(Expect::Describe {
-                        statement: false,
-                        swallow: true,
-                    });
+                    self.expect.push_back(Expect::Describe { swallow: true });
                 }
                 msg.write_to(&mut self.to_upstream);
                 self.expect.push_back(Expect::Execute(Box::new(pending)));
             }
             b'C' => {
                 let mut r = Reader::new(&msg);
-                let kind = r.u8().map_err(|e| self.protocol_violation(&e.to_string()))?;
+                let kind = r
+                    .u8()
+                    .map_err(|e| self.protocol_violation(&e.to_string()))?;
                 let name = r
                     .str()
                     .map_err(|e| self.protocol_violation(&e.to_string()))?
@@ -610,7 +616,11 @@ impl Session {
             }
         }
         if let Some(masker) = &self.masker {
-            for out in decision.statements.iter().filter_map(|s| s.copy_out.as_ref()) {
+            for out in decision
+                .statements
+                .iter()
+                .filter_map(|s| s.copy_out.as_ref())
+            {
                 let (format, query) = match out {
                     CopyOut::Table { format, .. } => (*format, false),
                     CopyOut::Query { format } => (*format, true),
@@ -773,7 +783,9 @@ impl Session {
         match msg.tag {
             b'D' => {
                 let out = self.mask_row(&msg)?;
-                if let Some(p) = self.pending_mut() {
+                // Simple queries count by their CommandComplete tags; an
+                // Execute suspended by its row limit has no tag.
+                if let Some(Expect::Execute(p)) = self.expect.front_mut() {
                     p.rows += 1;
                 }
                 out.write_to(&mut self.to_agent);
@@ -870,11 +882,7 @@ impl Session {
                             }
                             break;
                         }
-                        Expect::Execute(p) => {
-                            if p.denial.is_none() {
-                                self.finish(*p);
-                            }
-                        }
+                        Expect::Execute(p) if p.denial.is_none() => self.finish(*p),
                         _ => {}
                     }
                 }
@@ -937,17 +945,16 @@ impl Session {
             ),
             // The token in an error that is not an answer to a denial: never
             // let it reach the agent.
-            (None, true) => wire::error_response(
-                Severity::Error,
-                "42501",
-                "cordon: statement denied",
-                None,
-            ),
+            (None, true) => {
+                wire::error_response(Severity::Error, "42501", "cordon: statement denied", None)
+            }
             (None, false) => self.mask_message(&msg),
         };
-        let sqlstate = wire::fields(&msg)
-            .ok()
-            .and_then(|f| f.iter().find(|(c, _)| *c == b'C').map(|(_, v)| String::from_utf8_lossy(v).into_owned()));
+        let sqlstate = wire::fields(&msg).ok().and_then(|f| {
+            f.iter()
+                .find(|(c, _)| *c == b'C')
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        });
         out.write_to(&mut self.to_agent);
         self.plan = None;
         self.copy = None;
@@ -1164,7 +1171,12 @@ impl Session {
         };
         let Ok(fields) = wire::fields(msg) else {
             // Unparseable error text: say only that there was an error.
-            return wire::error_response(Severity::Error, "XX000", "cordon: the database sent an error cordon cannot read (withheld)", None);
+            return wire::error_response(
+                Severity::Error,
+                "XX000",
+                "cordon: the database sent an error cordon cannot read (withheld)",
+                None,
+            );
         };
         let sqlstate = fields
             .iter()
@@ -1195,14 +1207,13 @@ impl Session {
         let rules = masker.rules().clone();
         let overall = Reader::new(msg).u8().unwrap_or(0);
         if overall != 0 {
-            return Err(Stop::Internal(
-                "binary COPY output cannot be masked".into(),
-            ));
+            return Err(Stop::Internal("binary COPY output cannot be masked".into()));
         }
         let Some(target) = target else {
             if rules.has_column_rules() {
                 return Err(Stop::Internal(
-                    "COPY output of a statement cordon did not classify as COPY; cannot mask it".into(),
+                    "COPY output of a statement cordon did not classify as COPY; cannot mask it"
+                        .into(),
                 ));
             }
             return Ok(Some(CopyPlan {
@@ -1416,7 +1427,10 @@ mod tests {
 
     #[test]
     fn token_search() {
-        assert!(contains(b"syntax error at or near \"cordon_denied_1\"", b"cordon_denied_1"));
+        assert!(contains(
+            b"syntax error at or near \"cordon_denied_1\"",
+            b"cordon_denied_1"
+        ));
         assert!(!contains(b"abc", b""));
     }
 }

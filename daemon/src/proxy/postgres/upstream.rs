@@ -182,7 +182,11 @@ pub async fn login(target: Target<'_>) -> Result<Upstream, UpstreamError> {
                             pw.as_bytes(),
                             sasl::ChannelBinding::unsupported(),
                         );
-                        frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut out)?;
+                        frontend::sasl_initial_response(
+                            sasl::SCRAM_SHA_256,
+                            s.message(),
+                            &mut out,
+                        )?;
                         scram = Some(s);
                     }
                     11 => {

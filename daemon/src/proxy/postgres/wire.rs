@@ -16,7 +16,6 @@ pub const MAX_STARTUP: usize = 10_000;
 pub const SSL_REQUEST: u32 = 80_877_103;
 pub const GSSENC_REQUEST: u32 = 80_877_104;
 pub const CANCEL_REQUEST: u32 = 80_877_102;
-pub const PROTOCOL_3_0: u32 = 196_608;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
@@ -193,9 +192,6 @@ impl<'a> Reader<'a> {
     pub fn rest(&self) -> &'a [u8] {
         self.rest
     }
-    pub fn is_empty(&self) -> bool {
-        self.rest.is_empty()
-    }
 }
 
 /// Builds a message body, then frames it.
@@ -229,10 +225,6 @@ impl Builder {
         self.body.put_i32(v);
         self
     }
-    pub fn raw(mut self, b: &[u8]) -> Self {
-        self.body.extend_from_slice(b);
-        self
-    }
     pub fn value(mut self, v: Option<&[u8]>) -> Self {
         match v {
             None => self.body.put_i32(-1),
@@ -260,7 +252,12 @@ pub enum Severity {
 }
 
 /// An ErrorResponse from Cordon: severity, SQLSTATE, message, optional hint.
-pub fn error_response(severity: Severity, code: &str, message: &str, hint: Option<&str>) -> Message {
+pub fn error_response(
+    severity: Severity,
+    code: &str,
+    message: &str,
+    hint: Option<&str>,
+) -> Message {
     let sev: &[u8] = match severity {
         Severity::Error => b"ERROR",
         Severity::Fatal => b"FATAL",
@@ -319,11 +316,15 @@ pub fn startup_params(payload: &[u8]) -> Result<Vec<(String, String)>, WireError
     let mut r = Reader::over(0, payload);
     let mut out = Vec::new();
     loop {
-        let key = r.cstr().map_err(|_| WireError::Startup("unterminated parameter"))?;
+        let key = r
+            .cstr()
+            .map_err(|_| WireError::Startup("unterminated parameter"))?;
         if key.is_empty() {
             return Ok(out);
         }
-        let value = r.cstr().map_err(|_| WireError::Startup("parameter without value"))?;
+        let value = r
+            .cstr()
+            .map_err(|_| WireError::Startup("parameter without value"))?;
         let key = String::from_utf8(key.to_vec())
             .map_err(|_| WireError::Startup("parameter name is not UTF-8"))?;
         let value = String::from_utf8(value.to_vec())
@@ -377,7 +378,7 @@ mod tests {
         assert!(startup_params(b"user\0bob").is_err());
         let mut big = BytesMut::new();
         big.put_u32(1_000_000);
-        big.put_u32(PROTOCOL_3_0);
+        big.put_u32(196_608);
         assert!(next_startup(&mut big).is_err());
     }
 
