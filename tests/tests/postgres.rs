@@ -450,3 +450,106 @@ s = startup(); s.sendall(b"Q" + struct.pack("!I", 9) + b"selec"); print("nonul",
     assert!(!out.status.success() && t.contains("options"), "{t}");
     let _ = Command::new("true").status();
 }
+
+#[test]
+fn policy_check_validates_shipped_policies_and_names_the_line_of_a_mistake() {
+    let dir = policies_dir();
+    let shipped: Vec<String> = ["pg-readonly", "pg-app", "pg-dba"]
+        .iter()
+        .map(|p| format!("{dir}/{p}.toml"))
+        .collect();
+    let out = Command::new(cordon_tests::cordon_bin())
+        .args(["policy", "check"])
+        .args(&shipped)
+        .output()
+        .expect("cordon policy check");
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert_eq!(t.lines().filter(|l| l.starts_with("ok ")).count(), 3, "{t}");
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[policy]\nname = \"bad\"\ndefault = \"deny\"\n\n[[rule]]\nname = \"r\"\naction = \"allow\"\nkinds = [\"selec\"]\n",
+    )
+    .expect("write");
+    let out = Command::new(cordon_tests::cordon_bin())
+        .args(["policy", "check"])
+        .arg(&bad)
+        .output()
+        .expect("cordon policy check");
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("bad.toml") && t.contains("line 8"), "{t}");
+}
+
+#[test]
+fn the_agent_never_receives_the_credential() {
+    require_root!();
+    let pg = PgServer::start(PgOptions::plain()).expect("postgres");
+    let d = Daemon::start(pg_setup(
+        &pg.addr().to_string(),
+        "pg-readonly",
+        Some(ROLE_SCRAM),
+        "",
+    ));
+    let password = pg.password(ROLE_SCRAM);
+    vault_set(&d, "shop-db", &password);
+    // Every byte the agent receives over a whole session, dumped raw.
+    let script = format!(
+        r#"
+import socket, struct, sys
+s = socket.create_connection(("127.0.0.1", {port}), timeout=10)
+body = struct.pack("!I", 196608) + b"user\x00analyst\x00database\x00shop\x00\x00"
+s.sendall(struct.pack("!I", len(body) + 4) + body)
+q = b"select current_user, session_user, setting from pg_settings where name = 'port'\x00"
+s.sendall(b"Q" + struct.pack("!I", len(q) + 4) + q)
+s.sendall(b"X\x00\x00\x00\x04")
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk: break
+    data += chunk
+sys.stdout.write(data.hex())
+"#,
+        port = pg.port()
+    );
+    let out = agent_run(
+        &d,
+        vec!["/usr/bin/python3".into(), "-c".into(), script],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let received = hex_decode(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        received
+            .windows(ROLE_SCRAM.len())
+            .any(|w| w == ROLE_SCRAM.as_bytes()),
+        "the query ran (current_user is in the answer)"
+    );
+    assert!(
+        !received
+            .windows(password.len())
+            .any(|w| w == password.as_bytes()),
+        "the password reached the agent"
+    );
+    // Nothing on disk the agent can read holds it: the state dir is private.
+    let state = d.config().parent().expect("dir").join("state");
+    let out = agent_run(
+        &d,
+        vec![
+            "cat".into(),
+            state.join("vault.key").to_string_lossy().into_owned(),
+        ],
+        &[],
+    );
+    assert!(!out.status.success(), "the agent read the vault key");
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .filter_map(|i| s.get(2 * i..2 * i + 2))
+        .filter_map(|h| u8::from_str_radix(h, 16).ok())
+        .collect()
+}

@@ -812,6 +812,82 @@ expires = "2026-12-31T00:00:00Z"
     }
 
     #[test]
+    fn postgres_resources_need_a_credential_a_loadable_policy_and_sane_tls() {
+        let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
+        let pg = |extra: &str, grant_extra: &str| {
+            BASE.replace(
+                "protocol = \"tcp\"",
+                &format!("protocol = \"postgres\"\n{extra}"),
+            )
+            .replace(
+                "expires = \"2026-12-31T00:00:00Z\"",
+                &format!("expires = \"2026-12-31T00:00:00Z\"\n{grant_extra}"),
+            )
+            .replace(
+                "listen = \"127.0.0.1:15001\"",
+                &format!("listen = \"127.0.0.1:15001\"\npolicy_dir = \"{policies}\""),
+            )
+        };
+        let ok = pg(
+            "credential = \"db\"\npolicy = \"pg-readonly\"",
+            "role = \"analyst\"\ndatabase = \"orders\"",
+        );
+        match Config::parse(Path::new("t.toml"), &ok) {
+            Ok(cfg) => {
+                let r = &cfg.resources[0];
+                assert_eq!(r.protocol, Protocol::Postgres);
+                assert_eq!(
+                    r.postgres.as_ref().map(|p| p.policy.name.as_str()),
+                    Some("pg-readonly")
+                );
+                assert_eq!(cfg.grants[0].role.as_deref(), Some("analyst"));
+            }
+            Err(e) => panic!("{e}"),
+        }
+        let table = [
+            (pg("policy = \"pg-readonly\"", ""), "resource[0].credential"),
+            (pg("credential = \"db\"", ""), "resource[0].policy"),
+            (
+                pg("credential = \"db\"\npolicy = \"nope\"", ""),
+                "nope.toml",
+            ),
+            (
+                pg("credential = \"db\"\npolicy = \"../etc/x\"", ""),
+                "resource[0].policy",
+            ),
+            (
+                pg(
+                    "credential = \"db\"\npolicy = \"pg-readonly\"\nupstream_tls = \"verify-full\"",
+                    "",
+                ),
+                "resource[0].upstream_ca",
+            ),
+            (
+                pg(
+                    "credential = \"db\"\npolicy = \"pg-readonly\"\nupstream_tls = \"yes\"",
+                    "",
+                ),
+                "resource[0].upstream_tls",
+            ),
+            (
+                BASE.replace(
+                    "expires = \"2026-12-31T00:00:00Z\"",
+                    "expires = \"2026-12-31T00:00:00Z\"\nrole = \"x\"",
+                ),
+                "grant[0].role",
+            ),
+            (
+                BASE.replace("protocol = \"tcp\"", "protocol = \"tcp\"\nagent_tls = true"),
+                "resource[0].agent_tls",
+            ),
+        ];
+        for (text, want) in table {
+            let e = err(&text);
+            assert!(e.contains(want), "expected `{want}` in: {e}");
+        }
+    }
+
+    #[test]
     fn rejections_name_file_key_and_problem() {
         let table = [
             (BASE.replace("listen =", "lisen ="), "unknown field `lisen`"),

@@ -546,9 +546,6 @@ impl Session {
             b'S' => {
                 msg.write_to(&mut self.to_upstream);
                 self.expect.push_back(Expect::Sync);
-                // Unnamed portals do not survive a Sync outside a transaction;
-                // keeping the map small.
-                self.portals.remove("");
             }
             b'H' | b'd' | b'c' | b'f' => msg.write_to(&mut self.to_upstream),
             b'X' => {
