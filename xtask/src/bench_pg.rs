@@ -260,16 +260,22 @@ struct Cell {
 }
 
 impl Cell {
+    /// The whole matrix, or the cells whose label contains
+    /// `CORDON_BENCH_ONLY` (e.g. `select-only c=8`).
     fn matrix() -> Vec<Cell> {
+        let only = std::env::var("CORDON_BENCH_ONLY").unwrap_or_default();
         let mut v = Vec::new();
         for workload in [Workload::SelectOnly, Workload::TpcbLike] {
             for clients in [1, 8] {
                 for protocol in [Protocol::Simple, Protocol::Extended] {
-                    v.push(Cell {
+                    let cell = Cell {
                         workload,
                         clients,
                         protocol,
-                    });
+                    };
+                    if cell.label().contains(&only) {
+                        v.push(cell);
+                    }
                 }
             }
         }

@@ -15,6 +15,9 @@ use super::{AuditError, SessionId};
 /// Largest statement text kept in the log; longer text is cut, with a note.
 pub const MAX_TEXT: usize = 16 * 1024;
 
+/// How often the writer thread stores what the proxy queued.
+const WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(25);
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatementRecord {
     pub session: SessionId,
@@ -108,17 +111,33 @@ impl Statements {
         let (tx, rx) = mpsc::channel::<StatementRecord>();
         let log = self.clone();
         let thread = std::thread::spawn(move || {
-            while let Ok(first) = rx.recv() {
+            // Wake on a timer, not per record: a sender never has to wake
+            // this thread, so the proxy's hot path pays no cross-thread
+            // wake-up per statement.
+            let mut open = true;
+            while open {
+                std::thread::sleep(WRITE_INTERVAL);
                 let mut batch = sled::Batch::default();
                 let mut n = 0usize;
-                for rec in std::iter::once(first).chain(rx.try_iter().take(4095)) {
-                    if let Ok(v) = serde_json::to_vec(&rec) {
-                        batch.insert(&key(rec.session, rec.seq)[..], v);
-                        n += 1;
+                loop {
+                    match rx.try_recv() {
+                        Ok(rec) => {
+                            if let Ok(v) = serde_json::to_vec(&rec) {
+                                batch.insert(&key(rec.session, rec.seq)[..], v);
+                                n += 1;
+                            }
+                        }
+                        Err(mpsc::TryRecvError::Empty) => break,
+                        Err(mpsc::TryRecvError::Disconnected) => {
+                            open = false;
+                            break;
+                        }
                     }
                 }
-                if let Err(e) = log.tree.apply_batch(batch) {
-                    tracing::warn!(error = %e, records = n, "could not record statements");
+                if n > 0 {
+                    if let Err(e) = log.tree.apply_batch(batch) {
+                        tracing::warn!(error = %e, records = n, "could not record statements");
+                    }
                 }
             }
         });

@@ -2,7 +2,10 @@
 //! touches anywhere, its COPY target — and the built-in denials found on the way. One read-only
 //! pass of a sqlparser `Visitor` (stack-safe: sqlparser grows the stack on the heap when deep).
 
-use std::ops::ControlFlow;
+use std::{
+    collections::{HashMap, HashSet},
+    ops::ControlFlow,
+};
 
 use sqlparser::{
     ast::{
@@ -71,12 +74,12 @@ pub(super) fn gather(stmt: &Statement, lead: Lead, options: &Options) -> Facts {
         no_exec: Vec::new(),
         scopes: Vec::new(),
         skip_relations: Vec::new(),
-        dml_targets: Vec::new(),
+        dml_targets: HashSet::new(),
+        seen_functions: HashSet::new(),
     };
     let _ = stmt.visit(&mut g);
     let mut facts = g.facts;
     dedup(&mut facts.tables);
-    dedup(&mut facts.functions);
     facts
 }
 
@@ -96,15 +99,8 @@ pub(super) fn opaque(kind: Kind) -> Facts {
 }
 
 fn dedup(v: &mut Vec<String>) {
-    let mut seen: Vec<String> = Vec::with_capacity(v.len());
-    v.retain(|x| {
-        if seen.contains(x) {
-            false
-        } else {
-            seen.push(x.clone());
-            true
-        }
-    });
+    let mut seen: HashSet<String> = HashSet::with_capacity(v.len());
+    v.retain(|x| seen.insert(x.clone()));
 }
 
 struct Gather<'o> {
@@ -119,15 +115,20 @@ struct Gather<'o> {
     /// Names the relation hook must not record as tables (function calls in FROM, CTE refs).
     skip_relations: Vec<*const ObjectName>,
     /// UPDATE / DELETE / MERGE targets: always real tables, even if a CTE has the same name.
-    dml_targets: Vec<*const TableFactor>,
+    dml_targets: HashSet<*const TableFactor>,
+    /// Functions already recorded.
+    seen_functions: HashSet<String>,
 }
 
 #[derive(Debug)]
 struct Scope {
     query: *const Query,
-    ctes: Vec<(String, *const Query)>,
+    /// CTE name -> its first position in the WITH list.
+    names: HashMap<String, usize>,
+    /// CTE body -> its position.
+    bodies: HashMap<*const Query, usize>,
     recursive: bool,
-    /// How many of `ctes` are visible right now: while CTE i's body is visited, only the ones
+    /// How many CTEs are visible right now: while CTE i's body is visited, only the ones
     /// before it (and itself, if RECURSIVE); afterwards all of them.
     visible: usize,
 }
@@ -162,17 +163,16 @@ impl Gather<'_> {
             return false;
         };
         let n = norm_ident(ident);
-        self.scopes.iter().rev().any(|s| {
-            s.ctes
-                .get(..s.visible)
-                .is_some_and(|visible| visible.iter().any(|(c, _)| *c == n))
-        })
+        self.scopes
+            .iter()
+            .rev()
+            .any(|s| s.names.get(&n).is_some_and(|i| *i < s.visible))
     }
 
     /// A function call: recorded for `functions` rules, checked against the built-in list.
     fn function(&mut self, name: &ObjectName, args: Option<&[FunctionArg]>) -> ControlFlow<()> {
         let n = last_name(name);
-        if !self.facts.functions.contains(&n) {
+        if self.seen_functions.insert(n.clone()) {
             self.facts.functions.push(n.clone());
         }
         if self.options.allow_functions.contains(&n) {
@@ -249,7 +249,7 @@ impl Gather<'_> {
             }
             Statement::Insert(_) => self.part(Kind::Insert, false),
             Statement::Update(u) => {
-                self.dml_targets.push(&u.table.relation);
+                self.dml_targets.insert(&u.table.relation);
                 self.part(Kind::Update, without_where(u.selection.as_ref()));
             }
             Statement::Delete(d) => {
@@ -257,7 +257,7 @@ impl Gather<'_> {
                     FromTable::WithFromKeyword(f) | FromTable::WithoutKeyword(f) => f,
                 };
                 for t in from {
-                    self.dml_targets.push(&t.relation);
+                    self.dml_targets.insert(&t.relation);
                 }
                 for t in &d.tables {
                     self.table(t);
@@ -265,7 +265,7 @@ impl Gather<'_> {
                 self.part(Kind::Delete, without_where(d.selection.as_ref()));
             }
             Statement::Merge(m) => {
-                self.dml_targets.push(&m.table);
+                self.dml_targets.insert(&m.table);
                 self.part(Kind::Merge, false);
             }
             Statement::Truncate(_) => self.part(Kind::Delete, true),
@@ -451,26 +451,22 @@ impl Visitor for Gather<'_> {
             }
         }
         if let Some(parent) = self.scopes.last_mut() {
-            if let Some(i) = parent.ctes.iter().position(|(_, p)| std::ptr::eq(*p, q)) {
-                parent.visible = if parent.recursive { i + 1 } else { i };
+            if let Some(i) = parent.bodies.get(&(q as *const Query)) {
+                parent.visible = if parent.recursive { i + 1 } else { *i };
             }
         }
-        let (ctes, recursive) = match &q.with {
-            Some(w) => (
-                w.cte_tables
-                    .iter()
-                    .map(|c| (norm_ident(&c.alias.name), &*c.query as *const Query))
-                    .collect(),
-                w.recursive,
-            ),
-            None => (Vec::new(), false),
-        };
-        self.scopes.push(Scope {
+        let mut scope = Scope {
             query: q,
-            ctes,
-            recursive,
+            names: HashMap::new(),
+            bodies: HashMap::new(),
+            recursive: q.with.as_ref().is_some_and(|w| w.recursive),
             visible: 0,
-        });
+        };
+        for (i, c) in q.with.iter().flat_map(|w| &w.cte_tables).enumerate() {
+            scope.names.entry(norm_ident(&c.alias.name)).or_insert(i);
+            scope.bodies.insert(&*c.query, i);
+        }
+        self.scopes.push(scope);
         ControlFlow::Continue(())
     }
 
@@ -479,8 +475,8 @@ impl Visitor for Gather<'_> {
             self.scopes.pop();
         }
         if let Some(parent) = self.scopes.last_mut() {
-            if parent.ctes.iter().any(|(_, p)| std::ptr::eq(*p, q)) {
-                parent.visible = parent.ctes.len();
+            if parent.bodies.contains_key(&(q as *const Query)) {
+                parent.visible = parent.bodies.len();
             }
         }
         ControlFlow::Continue(())
@@ -516,7 +512,7 @@ impl Visitor for Gather<'_> {
                 self.function(name, Some(&args.args))
             }
             TableFactor::Table { name, .. } => {
-                let target = self.dml_targets.iter().any(|p| std::ptr::eq(*p, tf));
+                let target = self.dml_targets.contains(&(tf as *const TableFactor));
                 if !target && self.is_cte_reference(name) {
                     self.skip_relations.push(name);
                 }

@@ -181,7 +181,7 @@ impl Nesting {
             }
             Token::Comma => {
                 if let Some(top) = self.levels.last_mut() {
-                    self.total -= *top;
+                    self.total = self.total.saturating_sub(*top);
                     *top = 0;
                 }
             }
@@ -192,7 +192,7 @@ impl Nesting {
             Token::RParen | Token::RBracket | Token::RBrace => {
                 if self.levels.len() > 1 {
                     if let Some(inner) = self.levels.pop() {
-                        self.total -= inner;
+                        self.total = self.total.saturating_sub(inner);
                     }
                 }
                 self.bump();

@@ -12,7 +12,10 @@
 //! EXISTS / IN subqueries can use a masked column as an oracle — a known, documented limit.
 //! When in doubt the guard denies; it never needs the schema.
 
-use std::ops::ControlFlow;
+use std::{
+    collections::{HashMap, HashSet},
+    ops::ControlFlow,
+};
 
 use sqlparser::ast::{
     Assignment, AssignmentTarget, CopySource, Delete, Expr, FromTable, FunctionArg,
@@ -51,10 +54,44 @@ pub(super) enum Problem {
 pub(super) fn check(stmt: &Statement, rules: &Rules) -> Result<(), Problem> {
     let mut ctx = Ctx {
         rules,
-        rows: Vec::new(),
-        ctes: Vec::new(),
+        rows: Names::default(),
+        ctes: Names::default(),
     };
     ctx.statement(stmt, Out::Client)
+}
+
+/// A stack of names with O(1) lookups (statements can list many thousands of relations).
+#[derive(Debug, Default)]
+struct Names {
+    stack: Vec<String>,
+    counts: HashMap<String, usize>,
+}
+
+impl Names {
+    fn push(&mut self, name: String) {
+        *self.counts.entry(name.clone()).or_default() += 1;
+        self.stack.push(name);
+    }
+
+    fn len(&self) -> usize {
+        self.stack.len()
+    }
+
+    fn truncate(&mut self, len: usize) {
+        while self.stack.len() > len {
+            let Some(name) = self.stack.pop() else { break };
+            if let Some(c) = self.counts.get_mut(&name) {
+                *c -= 1;
+                if *c == 0 {
+                    self.counts.remove(&name);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.counts.contains_key(name)
+    }
 }
 
 /// Where the output of a query goes.
@@ -135,9 +172,9 @@ impl Hit {
 struct Ctx<'r> {
     rules: &'r Rules,
     /// Relation names and aliases in scope (for whole-row references), innermost last.
-    rows: Vec<String>,
+    rows: Names,
     /// CTE names in scope.
-    ctes: Vec<String>,
+    ctes: Names,
 }
 
 impl Ctx<'_> {
@@ -423,8 +460,12 @@ impl Ctx<'_> {
             Expr::CompoundIdentifier(ids) if !ids.is_empty() => {
                 let names: Vec<String> = ids.iter().map(norm_ident).collect();
                 if let [.., qualifier, last] = names.as_slice() {
-                    // `schema.table` as a whole-row reference: the qualifier is no relation here.
-                    if !self.rows.contains(qualifier) && self.rows.contains(last) {
+                    // `schema.table` as a whole-row reference (the qualifier is no relation
+                    // here), or `alias.f` meaning `f(alias)` (see ROW_FUNCTIONS).
+                    let schema_table = !self.rows.contains(qualifier) && self.rows.contains(last);
+                    let row_function =
+                        self.rows.contains(qualifier) && ROW_FUNCTIONS.contains(&last.as_str());
+                    if schema_table || row_function {
                         return Err(Problem::WholeRow {
                             name: names.join("."),
                             place,
@@ -750,7 +791,7 @@ impl Ctx<'_> {
                     }
                     SetExpr::Select(s) => &s.projection,
                     SetExpr::Values(v) => {
-                        if scan(self.rules, &[], v).is_some() {
+                        if scan(self.rules, &Names::default(), v).is_some() {
                             return true;
                         }
                         continue;
@@ -773,7 +814,7 @@ impl Ctx<'_> {
                         | SelectItem::ExprWithAlias { expr: e, .. }
                         | SelectItem::ExprWithAliases { expr: e, .. } => e,
                     };
-                    if scan(self.rules, &[], e).is_some() {
+                    if scan(self.rules, &Names::default(), e).is_some() {
                         return true;
                     }
                 }
@@ -865,15 +906,43 @@ fn join_constraint(op: &JoinOperator) -> Option<&JoinConstraint> {
     }
 }
 
+/// PostgreSQL reads `alias.f`, when the relation has no column `f`, as `f(alias)`: a function
+/// (or function-style cast) applied to the whole row. These names turn a row into text or JSON;
+/// `alias.<one of them>` in an output is refused as a whole-row reference. (`name` and `text`
+/// are left out as they are common column names; the value detectors are the backstop there.)
+const ROW_FUNCTIONS: &[&str] = &[
+    "to_json",
+    "to_jsonb",
+    "row_to_json",
+    "json_build_array",
+    "jsonb_build_array",
+    "json_agg",
+    "jsonb_agg",
+    "array_agg",
+    "hstore",
+    "concat",
+    "format",
+    "quote_literal",
+    "quote_nullable",
+    "json",
+    "jsonb",
+    "xml",
+    "varchar",
+    "bpchar",
+    "citext",
+    "record_out",
+];
+
 /// Scans a node for a masked column name, a whole-row reference (a single name that is a
 /// relation in scope, `alias.*` as a function argument) or a star in a nested query — except
 /// inside EXISTS / IN subqueries, which only yield booleans (predicates, like WHERE).
-fn scan<V: Visit + ?Sized>(rules: &Rules, rows: &[String], node: &V) -> Option<Hit> {
+fn scan<V: Visit + ?Sized>(rules: &Rules, rows: &Names, node: &V) -> Option<Hit> {
     let mut m = Mentions {
         rules,
         hit: None,
         idents: Vec::new(),
-        relations: Vec::new(),
+        row_calls: Vec::new(),
+        relations: HashSet::new(),
         exempt: Vec::new(),
         exempt_depth: 0,
     };
@@ -881,10 +950,14 @@ fn scan<V: Visit + ?Sized>(rules: &Rules, rows: &[String], node: &V) -> Option<H
     if m.hit.is_some() {
         return m.hit;
     }
-    m.idents
-        .into_iter()
-        .find(|n| rows.contains(n) || m.relations.contains(n))
-        .map(Hit::WholeRow)
+    let relation = |n: &String| rows.contains(n) || m.relations.contains(n.as_str());
+    if let Some(n) = m.idents.iter().find(|n| relation(n)) {
+        return Some(Hit::WholeRow(n.clone()));
+    }
+    m.row_calls
+        .iter()
+        .find(|(qualifier, _)| relation(qualifier))
+        .map(|(q, f)| Hit::WholeRow(format!("{q}.{f}")))
 }
 
 struct Mentions<'r> {
@@ -892,8 +965,10 @@ struct Mentions<'r> {
     hit: Option<Hit>,
     /// Single-part names seen (whole-row candidates, checked once all relations are known).
     idents: Vec<String>,
+    /// `qualifier.f` with `f` in ROW_FUNCTIONS (whole-row if the qualifier is a relation).
+    row_calls: Vec<(String, String)>,
     /// Relation names and aliases inside the scanned node.
-    relations: Vec<String>,
+    relations: HashSet<String>,
     exempt: Vec<*const Query>,
     exempt_depth: usize,
 }
@@ -940,16 +1015,16 @@ impl Visitor for Mentions<'_> {
         if self.exempt_depth == 0 {
             match tf {
                 TableFactor::Table { name, alias, .. } => {
-                    self.relations.push(last_name(name));
+                    self.relations.insert(last_name(name));
                     if let Some(a) = alias {
-                        self.relations.push(norm_ident(&a.name));
+                        self.relations.insert(norm_ident(&a.name));
                     }
                 }
                 TableFactor::Derived { alias: Some(a), .. }
                 | TableFactor::Function { alias: Some(a), .. }
                 | TableFactor::UNNEST { alias: Some(a), .. }
                 | TableFactor::NestedJoin { alias: Some(a), .. } => {
-                    self.relations.push(norm_ident(&a.name));
+                    self.relations.insert(norm_ident(&a.name));
                 }
                 _ => {}
             }
@@ -973,10 +1048,13 @@ impl Visitor for Mentions<'_> {
                 self.idents.push(n);
             }
             Expr::CompoundIdentifier(ids) => {
-                if let Some(last) = ids.last() {
+                if let [.., qualifier, last] = ids.as_slice() {
                     let n = norm_ident(last);
                     if self.rules.masks_column_named(&n) {
                         return self.found(Hit::Column(n));
+                    }
+                    if ROW_FUNCTIONS.contains(&n.as_str()) {
+                        self.row_calls.push((norm_ident(qualifier), n));
                     }
                 }
             }

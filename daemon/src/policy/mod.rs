@@ -24,6 +24,11 @@
 //! - `without_where`: matches UPDATE/DELETE parts that have no WHERE clause, or one without any
 //!   column reference (`WHERE true`).
 //!
+//! Built-in denials (`builtin/<what>`) come before any rule: dangerous functions anywhere,
+//! security settings (SET / RESET / set_config), COPY to or from server files or programs, LOAD,
+//! unparseable or oversized text. The masked-expression check runs for statements the rules
+//! would allow or approve, when the policy has column masking rules.
+//!
 //! Known limits (documented, not enforced here): predicates are not masked, so WHERE / ORDER BY
 //! on a masked column can be used as an oracle; what user-defined functions, views and DO
 //! blocks do inside the server is not visible; the search_path a role or database is configured
@@ -101,7 +106,7 @@ pub enum Kind {
     Update,
     Delete,
     Merge,
-    /// CREATE / ALTER / DROP / COMMENT / TRUNCATE-less schema changes, SELECT INTO, CREATE TABLE AS.
+    /// CREATE / ALTER / DROP / COMMENT and other schema changes, SELECT INTO, CREATE TABLE AS.
     Ddl,
     /// GRANT, REVOKE, CREATE/ALTER/DROP ROLE or USER, row-level-security policies.
     Dcl,

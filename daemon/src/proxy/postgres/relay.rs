@@ -165,6 +165,9 @@ pub struct Session {
     expect: VecDeque<Expect>,
     prepared: HashMap<String, Prepared>,
     portals: HashMap<String, String>,
+    /// The portal the agent itself described since its last Bind: its
+    /// RowDescription will precede the rows, no need to ask for it.
+    described: Option<String>,
     decisions: HashMap<Box<str>, Arc<Decision>>,
     plan: Option<Plan>,
     copy: Option<CopyPlan>,
@@ -214,6 +217,7 @@ impl Session {
             expect: VecDeque::new(),
             prepared: HashMap::new(),
             portals: HashMap::new(),
+            described: None,
             decisions: HashMap::new(),
             plan: None,
             copy: None,
@@ -472,6 +476,9 @@ impl Session {
                 let stmt = r.str().map(str::to_owned);
                 match (portal, stmt) {
                     (Ok(p), Ok(s)) => {
+                        if self.described.as_deref() == Some(p.as_str()) {
+                            self.described = None;
+                        }
                         self.portals.insert(p, s);
                     }
                     (Err(e), _) | (_, Err(e)) => {
@@ -488,6 +495,16 @@ impl Session {
                     .map_err(|e| self.protocol_violation(&e.to_string()))?;
                 if !matches!(kind, b'S' | b'P') {
                     return Err(self.protocol_violation("Describe of neither 'S' nor 'P'"));
+                }
+                if kind == b'P' {
+                    let name = r
+                        .str()
+                        .map_err(|e| self.protocol_violation(&e.to_string()))?;
+                    self.described = Some(name.to_owned());
+                } else {
+                    // A statement's description (formats unknown) would be
+                    // the last one before the rows: describe the portal.
+                    self.described = None;
                 }
                 msg.write_to(&mut self.to_upstream);
                 self.expect.push_back(Expect::Describe { swallow: false });
@@ -511,7 +528,7 @@ impl Session {
                 if let Some(p) = &prepared {
                     pending.copy_out = p.copy_out.iter().cloned().collect();
                 }
-                if self.masker.is_some() {
+                if self.masker.is_some() && self.described.as_deref() != Some(portal.as_str()) {
                     // Learn the portal's columns and formats, whatever the
                     // agent did or did not describe.
                     let mut out = BytesMut::new();
@@ -899,6 +916,10 @@ impl Session {
                 self.copy = None;
                 msg.write_to(&mut self.to_agent);
             }
+            b'A' => {
+                let out = self.mask_notification(&msg);
+                out.write_to(&mut self.to_agent);
+            }
             b'R' | b'K' => {
                 return Err(Stop::Upstream(format!(
                     "unexpected `{}` message after start-up",
@@ -1194,6 +1215,27 @@ impl Session {
             })
             .collect();
         wire::from_fields(msg.tag, &rewritten)
+    }
+
+    /// NotificationResponse payloads (`pg_notify(channel, value)`) go
+    /// through the detectors: a value can leave by this path too.
+    fn mask_notification(&self, msg: &Message) -> Message {
+        let Some(masker) = &self.masker else {
+            return msg.clone();
+        };
+        let mut r = Reader::new(msg);
+        let (Ok(pid), Ok(channel), Ok(payload)) = (r.i32(), r.cstr(), r.cstr()) else {
+            return msg.clone();
+        };
+        let text = String::from_utf8_lossy(payload);
+        match masker.detect(&text) {
+            None => msg.clone(),
+            Some(masked) => Builder::new(b'A')
+                .i32(pid)
+                .cstr(channel)
+                .cstr(masked.as_deref().unwrap_or("***").as_bytes())
+                .finish(),
+        }
     }
 
     async fn copy_plan(&mut self, msg: &Message) -> Result<Option<CopyPlan>, Stop> {
