@@ -553,3 +553,20 @@ fn hex_decode(s: &str) -> Vec<u8> {
         .filter_map(|h| u8::from_str_radix(h, 16).ok())
         .collect()
 }
+
+#[test]
+fn a_live_session_ends_when_its_grant_expires() {
+    require_root!();
+    let pg = PgServer::start(PgOptions::plain()).expect("postgres");
+    let mut setup = pg_setup(&pg.addr().to_string(), "pg-readonly", Some(ROLE_SCRAM), "");
+    setup.extra = setup
+        .extra
+        .replace(FAR_FUTURE, &cordon_tests::rfc3339_from_now(6));
+    let d = Daemon::start(setup);
+    vault_set(&d, "shop-db", &pg.password(ROLE_SCRAM));
+    let started = std::time::Instant::now();
+    let out = pgclient(&d, &pg, "analyst", &["query", "select pg_sleep(30)"]);
+    let t = text(&out);
+    assert!(t.contains("57P01") && t.contains("grant"), "{t}\n{}", d.context());
+    assert!(started.elapsed() < Duration::from_secs(25), "{t}");
+}

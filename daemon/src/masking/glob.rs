@@ -40,7 +40,7 @@ impl Glob {
 }
 
 /// Iterative wildcard matching with single-star backtracking: linear in practice, never recursive.
-fn glob_match(pattern: &[char], text: &str) -> bool {
+pub(crate) fn glob_match(pattern: &[char], text: &str) -> bool {
     let mut p = 0usize;
     let mut t = 0usize; // byte offset into `text`
                         // (pattern index just after the last `*`, text offset that star currently extends to)

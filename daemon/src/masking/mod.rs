@@ -4,7 +4,7 @@
 
 mod copy;
 mod detect;
-mod glob;
+pub(crate) mod glob;
 mod message;
 
 use std::{borrow::Cow, fmt, sync::Arc};

@@ -17,7 +17,7 @@ enum Matcher {
     Literal(String),
     /// `prefix*`: the most common shape (`pg_ls_*`, `public.*`).
     Prefix(String),
-    /// Anything else, matched by [`glob_match`].
+    /// Anything else, matched by the masking module's glob matcher.
     General(Vec<char>),
 }
 
@@ -44,49 +44,8 @@ impl Glob {
             Matcher::Any => true,
             Matcher::Literal(l) => l == name,
             Matcher::Prefix(p) => name.starts_with(p.as_str()),
-            Matcher::General(chars) => glob_match(chars, name),
+            Matcher::General(chars) => crate::masking::glob::glob_match(chars, name),
         }
-    }
-}
-
-/// Iterative wildcard matching with single-star backtracking: never recursive, linear in practice.
-fn glob_match(pattern: &[char], text: &str) -> bool {
-    let mut p = 0usize;
-    let mut t = 0usize; // byte offset into `text`
-                        // (pattern index just after the last `*`, text offset that star currently extends to)
-    let mut star: Option<(usize, usize)> = None;
-    loop {
-        let tc = text.get(t..).and_then(|rest| rest.chars().next());
-        match (pattern.get(p), tc) {
-            (Some('*'), _) => {
-                p += 1;
-                star = Some((p, t));
-                continue;
-            }
-            (Some('?'), Some(c)) => {
-                p += 1;
-                t += c.len_utf8();
-                continue;
-            }
-            (Some(&pc), Some(c)) if pc == c => {
-                p += 1;
-                t += c.len_utf8();
-                continue;
-            }
-            (None, None) => return true,
-            _ => {}
-        }
-        // Mismatch: let the last star swallow one more character, or fail.
-        let Some((after_star, star_t)) = star else {
-            return false;
-        };
-        let Some(c) = text.get(star_t..).and_then(|rest| rest.chars().next()) else {
-            return false;
-        };
-        let next = star_t + c.len_utf8();
-        star = Some((after_star, next));
-        p = after_star;
-        t = next;
     }
 }
 

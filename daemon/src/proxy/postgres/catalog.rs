@@ -57,6 +57,9 @@ impl Catalogs {
 #[derive(Default)]
 pub struct Catalog {
     tables: Mutex<HashMap<u32, TableColumns>>,
+    /// Bumped by every invalidation, so plans built from older names can
+    /// tell they are stale.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Catalog {
@@ -69,6 +72,12 @@ impl Catalog {
         if let Ok(mut t) = self.tables.lock() {
             t.clear();
         }
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn insert(&self, oid: u32, cols: TableColumns) {

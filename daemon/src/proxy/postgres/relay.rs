@@ -169,7 +169,10 @@ pub struct Session {
     /// RowDescription will precede the rows, no need to ask for it.
     described: Option<String>,
     decisions: HashMap<Box<str>, Arc<Decision>>,
-    plan: Option<Plan>,
+    plan: Option<Arc<Plan>>,
+    /// The last RowDescription and its plan: the same query shape answers
+    /// with the same bytes, so the plan is built once, not per statement.
+    last_plan: Option<(Bytes, u64, Arc<Plan>)>,
     copy: Option<CopyPlan>,
     to_agent: BytesMut,
     to_upstream: BytesMut,
@@ -177,6 +180,7 @@ pub struct Session {
 
 /// Why the relay stops.
 enum Stop {
+    GrantExpired,
     Agent(String),
     Upstream(String),
     Internal(String),
@@ -220,6 +224,7 @@ impl Session {
             described: None,
             decisions: HashMap::new(),
             plan: None,
+            last_plan: None,
             copy: None,
             to_agent: BytesMut::with_capacity(16 * 1024),
             to_upstream: BytesMut::with_capacity(16 * 1024),
@@ -236,11 +241,36 @@ impl Session {
         let mut up_in = BytesMut::with_capacity(64 * 1024);
         let mut bytes_up = 0u64;
         let mut bytes_down = 0u64;
-        let stop = loop {
-            // Agent messages already buffered (sent with the start-up packet).
-            if !agent_in.is_empty() {
-                if let Err(stop) = self.on_agent_bytes(&mut agent_in).await {
-                    break stop;
+        // Agent messages sent along with the start-up packet.
+        let mut early = self.on_agent_bytes(&mut agent_in).await;
+        if early.is_ok() {
+            early = self
+                .flush(&mut agent, &mut upstream, &mut bytes_up, &mut bytes_down)
+                .await;
+        }
+        let stop = match early {
+            Err(stop) => stop,
+            Ok(()) => loop {
+                tokio::select! {
+                    r = agent.read_buf(&mut agent_in) => match r {
+                        Ok(0) => break Stop::Closed,
+                        Ok(_) => {
+                            if let Err(stop) = self.on_agent_bytes(&mut agent_in).await {
+                                break stop;
+                            }
+                        }
+                        Err(e) => break Stop::Agent(e.to_string()),
+                    },
+                    r = upstream.read_buf(&mut up_in) => match r {
+                        Ok(0) => break Stop::Upstream("the database closed the connection".into()),
+                        Ok(_) => {
+                            if let Err(stop) = self.on_upstream_bytes(&mut up_in).await {
+                                break stop;
+                            }
+                        }
+                        Err(e) => break Stop::Upstream(e.to_string()),
+                    },
+                    () = tokio::time::sleep_until(deadline) => break Stop::GrantExpired,
                 }
                 if let Err(stop) = self
                     .flush(&mut agent, &mut upstream, &mut bytes_up, &mut bytes_down)
@@ -251,82 +281,40 @@ impl Session {
                 if agent_in.capacity() - agent_in.len() < 4096 {
                     agent_in.reserve(16 * 1024);
                 }
-            }
-            tokio::select! {
-                r = agent.read_buf(&mut agent_in) => match r {
-                    Ok(0) => break Stop::Closed,
-                    Ok(_) => {
-                        if let Err(stop) = self.on_agent_bytes(&mut agent_in).await {
-                            break stop;
-                        }
-                    }
-                    Err(e) => break Stop::Agent(e.to_string()),
-                },
-                r = upstream.read_buf(&mut up_in) => match r {
-                    Ok(0) => break Stop::Upstream("the database closed the connection".into()),
-                    Ok(_) => {
-                        if let Err(stop) = self.on_upstream_bytes(&mut up_in).await {
-                            break stop;
-                        }
-                    }
-                    Err(e) => break Stop::Upstream(e.to_string()),
-                },
-                () = tokio::time::sleep_until(deadline) => {
-                    let m = wire::error_response(Severity::Fatal, "57P01", "cordon: the grant for this session expired; the session is closed", None);
-                    m.write_to(&mut self.to_agent);
-                    let _ = self.flush(&mut agent, &mut upstream, &mut bytes_up, &mut bytes_down).await;
-                    break Stop::Internal("grant expired".into());
+                if up_in.capacity() - up_in.len() < 4096 {
+                    up_in.reserve(64 * 1024);
                 }
-            }
-            if let Err(stop) = self
-                .flush(&mut agent, &mut upstream, &mut bytes_up, &mut bytes_down)
-                .await
-            {
-                break stop;
-            }
-            if agent_in.capacity() - agent_in.len() < 4096 {
-                agent_in.reserve(16 * 1024);
-            }
-            if up_in.capacity() - up_in.len() < 4096 {
-                up_in.reserve(64 * 1024);
-            }
+            },
         };
-        let end = match stop {
-            Stop::Closed => End::Closed,
-            Stop::Agent(e) => {
-                let _ = self
-                    .flush(&mut agent, &mut upstream, &mut bytes_up, &mut bytes_down)
-                    .await;
-                End::AgentError(e)
-            }
+        // The agent hears why, in the protocol's words, before the close.
+        let (end, last_words) = match stop {
+            Stop::Closed => (End::Closed, None),
+            Stop::Agent(e) => (End::AgentError(e), None),
+            Stop::GrantExpired => (
+                End::GrantExpired,
+                Some((
+                    "57P01",
+                    "the grant for this session expired; the session is closed".to_owned(),
+                )),
+            ),
             Stop::Upstream(e) => {
-                let m = wire::error_response(
-                    Severity::Fatal,
-                    "08006",
-                    &format!("cordon: the upstream connection failed: {e}"),
-                    None,
-                );
-                m.write_to(&mut self.to_agent);
-                let _ = self
-                    .flush(&mut agent, &mut upstream, &mut bytes_up, &mut bytes_down)
-                    .await;
-                End::UpstreamError(e)
+                let msg = format!("the upstream connection failed: {e}");
+                (End::UpstreamError(e), Some(("08006", msg)))
             }
-            Stop::Internal(e) if e == "grant expired" => End::GrantExpired,
             Stop::Internal(e) => {
-                let m = wire::error_response(
-                    Severity::Fatal,
-                    "XX000",
-                    &format!("cordon: {e}; the session is closed"),
-                    None,
-                );
-                m.write_to(&mut self.to_agent);
-                let _ = self
-                    .flush(&mut agent, &mut upstream, &mut bytes_up, &mut bytes_down)
-                    .await;
-                End::Internal(e)
+                let msg = format!("{e}; the session is closed");
+                (End::Internal(e), Some(("XX000", msg)))
             }
         };
+        if let Some((code, msg)) = last_words {
+            wire::error_response(Severity::Fatal, code, &format!("cordon: {msg}"), None)
+                .write_to(&mut self.to_agent);
+        }
+        if end != End::Closed {
+            let _ = self
+                .flush(&mut agent, &mut upstream, &mut bytes_up, &mut bytes_down)
+                .await;
+        }
         // Statements still waiting for an answer are recorded as cut short.
         while let Some(e) = self.expect.pop_front() {
             if let Expect::Query(mut p) | Expect::Execute(mut p) = e {
@@ -707,9 +695,9 @@ impl Session {
             seq: self.next_seq(),
             at: crate::rfc3339(time::OffsetDateTime::now_utc()),
             started: Instant::now(),
-            text: Arc::from("<execute of a portal cordon did not allow>"),
-            verdict: Action::Deny,
-            rule: Arc::from("builtin/unknown-portal"),
+            text: Arc::from("<execute of a portal not bound through cordon: a cursor, or one the database will reject>"),
+            verdict: Action::Allow,
+            rule: Arc::from("builtin/unbound-portal"),
             rows: 0,
             masked: BTreeSet::new(),
             error: None,
@@ -1007,10 +995,16 @@ impl Session {
     // Masking
 
     /// Resolves the result columns of a RowDescription to masking actions.
-    async fn plan_for(&mut self, msg: &Message) -> Result<Option<Plan>, Stop> {
+    async fn plan_for(&mut self, msg: &Message) -> Result<Option<Arc<Plan>>, Stop> {
         let Some(masker) = &self.masker else {
             return Ok(None);
         };
+        let generation = self.catalog.generation();
+        if let Some((body, made, plan)) = &self.last_plan {
+            if *made == generation && *body == msg.body {
+                return Ok(Some(plan.clone()));
+            }
+        }
         let rules = masker.rules().clone();
         let fields = parse_row_description(msg).map_err(|e| Stop::Upstream(e.to_string()))?;
         // Tables whose names are not cached yet.
@@ -1068,10 +1062,7 @@ impl Session {
             }
             let text_like = masking::is_text_like_type(f.type_oid);
             action = match action {
-                ColAction::Mask(m) if f.binary && !text_like => {
-                    let _ = m;
-                    ColAction::Null
-                }
+                ColAction::Mask(_) if f.binary && !text_like => ColAction::Null,
                 ColAction::Pass if rules.has_detectors() && !safe_from_detectors(f.type_oid) => {
                     ColAction::Detect
                 }
@@ -1085,10 +1076,13 @@ impl Session {
             });
         }
         let passthrough = columns.iter().all(|c| matches!(c.action, ColAction::Pass));
-        Ok(Some(Plan {
+        let plan = Arc::new(Plan {
             columns,
             passthrough,
-        }))
+        });
+        // A plan made while the catalog could not be read is not kept.
+        self.last_plan = (!lookup_failed).then(|| (msg.body.clone(), generation, plan.clone()));
+        Ok(Some(plan))
     }
 
     async fn catalog_conn(&mut self) -> Result<&mut Stream, upstream::UpstreamError> {
@@ -1312,8 +1306,14 @@ impl Session {
     }
 
     fn mask_copy(&mut self, msg: Message) -> Result<Message, Stop> {
-        let (Some(masker), Some(plan)) = (&self.masker, &self.copy) else {
+        let Some(masker) = &self.masker else {
             return Ok(msg);
+        };
+        let Some(plan) = &self.copy else {
+            // Copy data with no COPY this session classified: fail closed.
+            return Err(Stop::Internal(
+                "COPY data arrived without a COPY response; cannot mask it".into(),
+            ));
         };
         let row = if plan.csv {
             masker.copy_csv_row(&msg.body, &plan.modes)
