@@ -567,6 +567,10 @@ fn a_live_session_ends_when_its_grant_expires() {
     let started = std::time::Instant::now();
     let out = pgclient(&d, &pg, "analyst", &["query", "select pg_sleep(30)"]);
     let t = text(&out);
-    assert!(t.contains("57P01") && t.contains("grant"), "{t}\n{}", d.context());
+    assert!(
+        t.contains("57P01") && t.contains("grant"),
+        "{t}\n{}",
+        d.context()
+    );
     assert!(started.elapsed() < Duration::from_secs(25), "{t}");
 }
