@@ -66,15 +66,79 @@ enum Command {
         #[command(subcommand)]
         command: SessionsCommand,
     },
-    /// Credentials the proxy injects upstream (values are never shown).
-    /// The transcript of a recorded session: every statement, verdict,
-    /// rule, timing, rows and masked columns.
-    Replay { id: String },
+    /// Play a recorded session back: SSH terminal output, or a transcript.
+    ///
+    /// An SSH session: its terminal output (the channel with a pty, else the
+    /// first with output) is written raw to stdout (stderr output to
+    /// stderr) with its original timing; idle gaps longer than 2 s are
+    /// shortened to 2 s (before --speed applies). Other sessions: the
+    /// transcript of statements, verdicts, rules, timing, rows and masked
+    /// columns.
+    Replay {
+        id: String,
+        /// Playback speed factor: 2 plays twice as fast, 0.5 half as fast.
+        #[arg(long, default_value_t = 1.0, value_parser = cli::replay::parse_speed)]
+        speed: f64,
+        /// Write all output at once, without the pauses.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Write a recorded SSH session as asciicast v2 or JSON lines.
+    ///
+    /// asciicast: the terminal channel (as `replay` picks it), for asciinema
+    /// and other players. jsonl: every event of every channel, one JSON
+    /// object a line, bytes in base64.
+    Export {
+        id: String,
+        #[arg(long, value_enum)]
+        format: cli::export::Format,
+        /// Write to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// What an agent's ssh client needs: an ssh_config snippet, or (with
+    /// --known-hosts) the known_hosts lines for Cordon's host key.
+    SshConfig {
+        #[arg(long)]
+        agent: String,
+        /// Print only the known_hosts lines.
+        #[arg(long)]
+        known_hosts: bool,
+        /// The known_hosts file the snippet names (default ~/.ssh/cordon_known_hosts).
+        #[arg(long)]
+        known_hosts_file: Option<PathBuf>,
+    },
+    /// Record the host key an ssh resource's upstream presents (trust on first use).
+    SshTrust {
+        resource: String,
+        /// Replace a different key recorded before (a deliberate host key rotation).
+        #[arg(long)]
+        replace: bool,
+    },
     /// Policy files.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Log in as a human with the OpenID Connect provider of [identity.oidc]:
+    /// device authorization flow, or auth code + PKCE with --browser.
+    Login {
+        /// Use this issuer instead of the config's.
+        #[arg(long)]
+        issuer: Option<String>,
+        /// Use this client id instead of the config's.
+        #[arg(long)]
+        client_id: Option<String>,
+        /// Log in through a browser redirected to a 127.0.0.1 listener.
+        #[arg(long)]
+        browser: bool,
+    },
+    /// Who the daemon takes you for: your `cordon login`, or local root.
+    Whoami {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Credentials the proxy injects upstream (values are never shown).
     Vault {
         #[command(subcommand)]
         command: VaultCommand,
@@ -169,10 +233,25 @@ fn main() -> ExitCode {
             }
             SessionsCommand::Show { id, json } => cli::sessions::show(&config, &id, json),
         },
-        Command::Replay { id } => cli::replay::run(&config, &id),
+        Command::Replay { id, speed, no_wait } => cli::replay::run(&config, &id, speed, no_wait),
+        Command::Export { id, format, output } => {
+            cli::export::run(&config, &id, format, output.as_deref())
+        }
         Command::Policy { command } => match command {
             PolicyCommand::Check { files } => cli::policy::check(&files),
         },
+        Command::Login {
+            issuer,
+            client_id,
+            browser,
+        } => cli::login::login(&config, issuer, client_id, browser),
+        Command::Whoami { json } => cli::login::whoami(&config, json),
+        Command::SshConfig {
+            agent,
+            known_hosts,
+            known_hosts_file,
+        } => cli::ssh::config(&config, &agent, known_hosts, known_hosts_file.as_deref()),
+        Command::SshTrust { resource, replace } => cli::ssh::trust(&config, &resource, replace),
         Command::Vault { command } => match command {
             VaultCommand::Set { name, kind } => cli::vault::set(&config, &name, kind.into()),
             VaultCommand::List { json } => cli::vault::list(&config, json),

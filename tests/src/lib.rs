@@ -25,7 +25,9 @@ use tempfile::TempDir;
 
 pub use serde_json;
 
+pub mod oidc;
 pub mod pg;
+pub mod ssh;
 
 /// uid/gid the probe drops to when a test wants an unprivileged agent.
 pub const NOBODY: u32 = 65534;

@@ -2,7 +2,8 @@
 //!
 //! Debian packages for the real components the tests start, bpffs, the nightly
 //! toolchain with rust-src (for the eBPF crate), and bpf-linker built against
-//! that nightly's own libLLVM. Prints one line per item: `ok X` or `installed X`.
+//! that nightly's own libLLVM, and the npm packages of the tests' OIDC provider
+//! (`npm ci` in tests/oidc). Prints one line per item: `ok X` or `installed X`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use crate::util::{checked_stdout, home_dir, is_root, run as run_cmd, stdout_of, 
 
 pub fn run() -> Result<()> {
     debian_packages()?;
+    oidc_provider()?;
     bpffs()?;
     nightly()?;
     bpf_linker()?;
@@ -119,6 +121,42 @@ fn debian_packages() -> Result<()> {
         }
         println!("installed {}", need.package);
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// the tests' OIDC provider (npm)
+
+/// Written into node_modules after a successful `npm ci`: a copy of the
+/// package-lock.json it installed, so an unchanged lock file is not
+/// installed again.
+const NPM_STAMP: &str = ".cordon-installed-package-lock.json";
+
+/// `npm ci` in tests/oidc unless node_modules already matches its
+/// package-lock.json.
+fn oidc_provider() -> Result<()> {
+    let dir = crate::workspace_root().join("tests").join("oidc");
+    let lock_path = dir.join("package-lock.json");
+    let lock = fs::read(&lock_path).with_context(|| format!("reading {}", lock_path.display()))?;
+    let modules = dir.join("node_modules");
+    let stamp = modules.join(NPM_STAMP);
+    let current = fs::read(&stamp).is_ok_and(|s| s == lock)
+        && modules.join("oidc-provider").join("package.json").is_file();
+    if current {
+        println!("ok npm packages of tests/oidc (oidc-provider)");
+        return Ok(());
+    }
+    let Some(npm) = which("npm", &[]) else {
+        bail!("npm is missing (the Debian packages step should have installed it)");
+    };
+    run_cmd(
+        Command::new(npm)
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir),
+    )
+    .with_context(|| format!("npm ci in {}", dir.display()))?;
+    fs::write(&stamp, &lock).with_context(|| format!("writing {}", stamp.display()))?;
+    println!("installed npm packages of tests/oidc (oidc-provider)");
     Ok(())
 }
 

@@ -9,6 +9,7 @@
 //! start, leftover journals are replayed into sled. A power loss can lose at
 //! most the last checkpoint interval.
 
+pub mod recording;
 pub mod statements;
 
 use std::{
@@ -48,6 +49,12 @@ pub enum AuditError {
     Encode(#[source] serde_json::Error),
     #[error("audit lock poisoned")]
     Poisoned,
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Time-ordered session identifier (microseconds since the epoch, made
@@ -147,6 +154,8 @@ pub struct Store {
     journal: Mutex<Journal>,
     dir: PathBuf,
     last_id: AtomicU64,
+    /// SSH channel recordings and their writer thread.
+    recording: recording::Log,
 }
 
 /// RFC 3339 in UTC, as every time in the audit is written.
@@ -217,12 +226,14 @@ impl Store {
             .map_err(AuditError::Store)?
             .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
             .map_or(0, u64::from_be_bytes);
+        let recording = recording::Log::open(&db)?;
         Ok(Self {
             db,
             sessions,
             journal: Mutex::new(journal),
             dir: dir.to_owned(),
             last_id: AtomicU64::new(last),
+            recording,
         })
     }
 

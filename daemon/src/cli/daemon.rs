@@ -68,6 +68,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     info!(key = %vault.key_path().display(), "credential vault open");
     let postgres = proxy::postgres::Shared::new(&config, audit.db())
         .context("preparing the postgres handler")?;
+    let ssh = proxy::ssh::Shared::new(&config, audit.db()).context("preparing the ssh handler")?;
     let stop = Arc::new(AtomicBool::new(false));
     let checkpointer = spawn_checkpointer(audit.clone(), stop.clone());
 
@@ -181,6 +182,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         audit: audit.clone(),
         vault,
         postgres,
+        ssh,
         stats,
         pipes: proxy::splice::PipePool::default(),
         deferred: audit.deferred(),

@@ -2,11 +2,14 @@
 //! daemon over its control socket.
 
 pub mod daemon;
+pub mod export;
+pub mod login;
 pub mod pin;
 pub mod policy;
 pub mod replay;
 pub mod run;
 pub mod sessions;
+pub mod ssh;
 pub mod status;
 pub mod vault;
 

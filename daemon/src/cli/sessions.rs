@@ -66,9 +66,13 @@ pub fn statements(config: &Path, id: &str) -> anyhow::Result<Vec<StatementRecord
 pub fn show(config: &Path, id: &str, json: bool) -> anyhow::Result<()> {
     let mut data = super::call(config, &Request::SessionsShow { id: id.to_owned() })?;
     let stmts = statements(config, id)?;
+    let ssh = super::replay::events(config, id, false)?;
     if json {
         if let Some(obj) = data.as_object_mut() {
             obj.insert("statements".into(), serde_json::to_value(&stmts)?);
+            if !ssh.is_empty() {
+                obj.insert("ssh_events".into(), serde_json::to_value(&ssh)?);
+            }
         }
         println!("{}", serde_json::to_string_pretty(&data)?);
         return Ok(());
@@ -120,6 +124,9 @@ pub fn show(config: &Path, id: &str, json: bool) -> anyhow::Result<()> {
                 }
             );
         }
+    }
+    if !ssh.is_empty() {
+        super::replay::print_ssh(&ssh);
     }
     Ok(())
 }

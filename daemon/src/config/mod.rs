@@ -3,6 +3,8 @@
 //! Unknown keys are rejected and every error names the file, the key and what
 //! was expected.
 
+pub mod oidc;
+
 use std::{
     collections::HashSet,
     fmt,
@@ -48,6 +50,7 @@ struct RawConfig {
     resource: Vec<RawResource>,
     #[serde(default)]
     grant: Vec<RawGrant>,
+    identity: Option<oidc::RawIdentity>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +141,11 @@ struct RawResource {
     upstream_ca: Option<PathBuf>,
     /// Name the upstream certificate must carry (default: the address's IP).
     upstream_server_name: Option<String>,
+    /// ssh: the upstream's host keys (`ssh-ed25519 AAAA...`, as in known_hosts
+    /// without the host field). Without them, `cordon ssh-trust NAME` must
+    /// record the key first.
+    #[serde(default)]
+    host_keys: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,6 +158,8 @@ struct RawGrant {
     role: Option<String>,
     /// postgres: the only database the agent may ask for.
     database: Option<String>,
+    /// ssh: the only SSH user name the agent may log in as.
+    login: Option<String>,
 }
 
 /// A validated configuration.
@@ -160,6 +170,8 @@ pub struct Config {
     pub agents: Vec<Agent>,
     pub resources: Vec<Resource>,
     pub grants: Vec<Grant>,
+    /// `[identity.oidc]`, if humans log in with OpenID Connect.
+    pub oidc: Option<oidc::Oidc>,
 }
 
 #[derive(Debug, Clone)]
@@ -228,6 +240,7 @@ pub struct Agent {
 pub enum Protocol {
     Tcp,
     Postgres,
+    Ssh,
 }
 
 impl Protocol {
@@ -235,6 +248,7 @@ impl Protocol {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Postgres => "postgres",
+            Protocol::Ssh => "ssh",
         }
     }
 }
@@ -246,6 +260,20 @@ pub struct Resource {
     pub address: SocketAddr,
     /// Set for `protocol = "postgres"`.
     pub postgres: Option<PostgresResource>,
+    /// Set for `protocol = "ssh"`.
+    pub ssh: Option<SshResource>,
+}
+
+/// What the ssh handler needs to know about one host.
+#[derive(Debug, Clone)]
+pub struct SshResource {
+    /// Vault entry holding the upstream private key (OpenSSH format) or password.
+    pub credential: String,
+    /// The login Cordon uses upstream; None = the user the agent asked for.
+    pub upstream_user: Option<String>,
+    pub policy: std::sync::Arc<crate::policy::ssh::SshPolicy>,
+    /// Pinned upstream host keys, `<algorithm> <base64>`.
+    pub host_keys: Vec<String>,
 }
 
 /// What the postgres handler needs to know about one database.
@@ -276,6 +304,8 @@ pub struct Grant {
     pub role: Option<String>,
     /// postgres: the only database the agent may ask for.
     pub database: Option<String>,
+    /// ssh: the only SSH user name the agent may log in as.
+    pub login: Option<String>,
 }
 
 /// A unix socket name agents may connect to: a path, or `@name` for the
@@ -471,11 +501,12 @@ impl Config {
             let protocol = match r.protocol.as_str() {
                 "tcp" => Protocol::Tcp,
                 "postgres" => Protocol::Postgres,
-                "ssh" | "http" => {
+                "ssh" => Protocol::Ssh,
+                "http" => {
                     return Err(invalid(
                         format!("resource[{i}].protocol"),
                         format!(
-                            "protocol `{}` is not supported by this build yet (supported: tcp, postgres)",
+                            "protocol `{}` is not supported by this build yet (supported: tcp, postgres, ssh)",
                             r.protocol
                         ),
                     ))
@@ -525,6 +556,7 @@ impl Config {
                         ("upstream_tls", r.upstream_tls.is_some()),
                         ("upstream_ca", r.upstream_ca.is_some()),
                         ("upstream_server_name", r.upstream_server_name.is_some()),
+                        ("host_keys", !r.host_keys.is_empty()),
                     ];
                     if let Some((key, _)) = set.iter().find(|(_, on)| *on) {
                         return Err(invalid(
@@ -537,19 +569,33 @@ impl Config {
                     }
                     None
                 }
-                Protocol::Postgres => Some(postgres_resource(
-                    &r,
-                    i,
-                    address,
-                    &daemon.policy_dir,
-                    &invalid,
-                )?),
+                Protocol::Postgres => {
+                    if !r.host_keys.is_empty() {
+                        return Err(invalid(
+                            format!("resource[{i}].host_keys"),
+                            "`host_keys` only applies to ssh resources".into(),
+                        ));
+                    }
+                    Some(postgres_resource(
+                        &r,
+                        i,
+                        address,
+                        &daemon.policy_dir,
+                        &invalid,
+                    )?)
+                }
+                Protocol::Ssh => None,
+            };
+            let ssh = match protocol {
+                Protocol::Ssh => Some(ssh_resource(&r, i, &daemon.policy_dir, &invalid)?),
+                _ => None,
             };
             resources.push(Resource {
                 name: r.name,
                 protocol,
                 address,
                 postgres,
+                ssh,
             });
         }
 
@@ -582,6 +628,24 @@ impl Config {
             let is_pg = resources
                 .iter()
                 .any(|r| r.name == g.resource && r.protocol == Protocol::Postgres);
+            let is_ssh = resources
+                .iter()
+                .any(|r| r.name == g.resource && r.protocol == Protocol::Ssh);
+            match &g.login {
+                Some(_) if !is_ssh => {
+                    return Err(invalid(
+                        format!("grant[{i}].login"),
+                        "`login` only applies to grants on ssh resources".into(),
+                    ))
+                }
+                Some(l) if !valid_login(l) => {
+                    return Err(invalid(
+                        format!("grant[{i}].login"),
+                        format!("expected a user name of 1-32 of [A-Za-z0-9._-], got `{l}`"),
+                    ))
+                }
+                _ => {}
+            }
             for (key, value) in [("role", &g.role), ("database", &g.database)] {
                 match value {
                     Some(_) if !is_pg => {
@@ -605,6 +669,7 @@ impl Config {
                 expires,
                 role: g.role,
                 database: g.database,
+                login: g.login,
             });
         }
 
@@ -614,6 +679,7 @@ impl Config {
             agents,
             resources,
             grants,
+            oidc: oidc::parse(raw.identity).map_err(|(key, problem)| invalid(key, problem))?,
         })
     }
 
@@ -626,6 +692,103 @@ impl Config {
         let dst = canonical(dst);
         self.resources.iter().find(|r| r.address == dst)
     }
+}
+
+/// A user name Cordon accepts for SSH logins (what useradd accepts, minus `$`).
+pub fn valid_login(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Where the policy named by `resource[i].policy` lives.
+fn policy_path(
+    r: &RawResource,
+    i: usize,
+    policy_dir: &Path,
+    example: &str,
+    invalid: &dyn Fn(String, String) -> ConfigError,
+) -> Result<PathBuf, ConfigError> {
+    let policy_name = r.policy.clone().ok_or_else(|| {
+        invalid(
+            format!("resource[{i}].policy"),
+            format!(
+                "a {} resource needs `policy`, e.g. \"{example}\" (a file in daemon.policy_dir) or an absolute path",
+                r.protocol
+            ),
+        )
+    })?;
+    if policy_name.starts_with('/') {
+        Ok(PathBuf::from(&policy_name))
+    } else if AgentName::parse(&policy_name).is_ok() {
+        Ok(policy_dir.join(format!("{policy_name}.toml")))
+    } else {
+        Err(invalid(
+            format!("resource[{i}].policy"),
+            format!(
+                "expected a policy name of [A-Za-z0-9_-] or an absolute path, got `{policy_name}`"
+            ),
+        ))
+    }
+}
+
+/// Validates the ssh keys of `resource[i]` and loads its policy.
+fn ssh_resource(
+    r: &RawResource,
+    i: usize,
+    policy_dir: &Path,
+    invalid: &dyn Fn(String, String) -> ConfigError,
+) -> Result<SshResource, ConfigError> {
+    let set = [
+        ("agent_tls", r.agent_tls),
+        ("upstream_tls", r.upstream_tls.is_some()),
+        ("upstream_ca", r.upstream_ca.is_some()),
+        ("upstream_server_name", r.upstream_server_name.is_some()),
+    ];
+    if let Some((key, _)) = set.iter().find(|(_, on)| *on) {
+        return Err(invalid(
+            format!("resource[{i}].{key}"),
+            format!("`{key}` has no effect on ssh resources; remove it"),
+        ));
+    }
+    let credential = r.credential.clone().ok_or_else(|| {
+        invalid(
+            format!("resource[{i}].credential"),
+            "an ssh resource needs `credential`, the vault entry with the upstream private key or password (`cordon vault set NAME --kind ssh-key`)".into(),
+        )
+    })?;
+    let path = policy_path(r, i, policy_dir, "ssh-readonly", invalid)?;
+    let policy = crate::policy::ssh::load(&path)
+        .map_err(|e| invalid(format!("resource[{i}].policy"), e.to_string()))?;
+    if let Some(u) = &r.upstream_user {
+        if !valid_login(u) {
+            return Err(invalid(
+                format!("resource[{i}].upstream_user"),
+                format!("expected a user name of 1-32 of [A-Za-z0-9._-], got `{u}`"),
+            ));
+        }
+    }
+    let mut host_keys = Vec::new();
+    for (j, k) in r.host_keys.iter().enumerate() {
+        match russh::keys::PublicKey::from_openssh(k.trim()) {
+            Ok(key) => host_keys.push(crate::proxy::ssh::key_line(&key)),
+            Err(e) => {
+                return Err(invalid(
+                    format!("resource[{i}].host_keys[{j}]"),
+                    format!("expected an OpenSSH public key such as `ssh-ed25519 AAAA...` ({e})"),
+                ))
+            }
+        }
+    }
+    Ok(SshResource {
+        credential,
+        upstream_user: r.upstream_user.clone(),
+        policy: std::sync::Arc::new(policy),
+        host_keys,
+    })
 }
 
 /// Validates the postgres keys of `resource[i]` and loads its policy.
@@ -642,24 +805,7 @@ fn postgres_resource(
             "a postgres resource needs `credential`, the vault entry with the upstream password (`cordon vault set NAME`)".into(),
         )
     })?;
-    let policy_name = r.policy.clone().ok_or_else(|| {
-        invalid(
-            format!("resource[{i}].policy"),
-            "a postgres resource needs `policy`, e.g. \"pg-readonly\" (a file in daemon.policy_dir) or an absolute path".into(),
-        )
-    })?;
-    let policy_path = if policy_name.starts_with('/') {
-        PathBuf::from(&policy_name)
-    } else if AgentName::parse(&policy_name).is_ok() {
-        policy_dir.join(format!("{policy_name}.toml"))
-    } else {
-        return Err(invalid(
-            format!("resource[{i}].policy"),
-            format!(
-                "expected a policy name of [A-Za-z0-9_-] or an absolute path, got `{policy_name}`"
-            ),
-        ));
-    };
+    let policy_path = policy_path(r, i, policy_dir, "pg-readonly", invalid)?;
     let policy = crate::policy::load(&policy_path)
         .map_err(|e| invalid(format!("resource[{i}].policy"), e.to_string()))?;
     if let Some(u) = &r.upstream_user {

@@ -10,6 +10,7 @@
 //! a cap is answered at once with a `busy` error (clients retry) and closed.
 
 pub mod client;
+pub mod ssh;
 
 use std::{
     collections::HashMap,
@@ -26,8 +27,9 @@ use tokio::{
 };
 
 use crate::{
-    audit::SessionId,
+    audit::{recording, SessionId},
     capture,
+    identity::oidc,
     proxy::Gateway,
     vault::{Secret, SecretKind},
 };
@@ -66,6 +68,18 @@ pub enum Request {
     SessionStatements {
         id: String,
     },
+    /// The SSH channel events recorded for a session, in order, one page
+    /// ([`EventsPage`]) at a time.
+    SessionEvents {
+        id: String,
+        /// Only events after this sequence number (the last one of the
+        /// previous page).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+        /// Leave out input/output/stderr (requests, exits, files only).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        without_data: bool,
+    },
     /// Move the calling process into an agent's cgroup.
     Join {
         agent: String,
@@ -85,6 +99,22 @@ pub enum Request {
     VaultList,
     VaultRm {
         name: String,
+    },
+    /// Who the caller is ([`WhoAmIReply`]): the human of `id_token`, verified
+    /// against `[identity.oidc]`, or local root (uid 0) without a token.
+    WhoAmI {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id_token: Option<WireSecret>,
+    },
+    /// Cordon's SSH host key and the ssh resources an agent may reach (anyone may ask).
+    SshConfig {
+        agent: String,
+    },
+    /// Record the host key an ssh resource's upstream presents (root).
+    SshTrust {
+        resource: String,
+        #[serde(default)]
+        replace: bool,
     },
 }
 
@@ -186,6 +216,14 @@ pub struct SessionCounts {
     pub active: u64,
 }
 
+/// `session_events` reply. Byte payloads are base64 strings.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EventsPage {
+    pub events: Vec<recording::Event>,
+    /// More events follow: ask again with `after` = the last event's `seq`.
+    pub more: bool,
+}
+
 /// `join` reply.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Joined {
@@ -254,6 +292,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 }
 
 pub async fn serve(gw: Arc<Gateway>, listener: UnixListener) {
+    let oidc = oidc::verifier_for(&gw.config);
     let limiter = Arc::new(ConnLimiter::default());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -278,8 +317,9 @@ pub async fn serve(gw: Arc<Gateway>, listener: UnixListener) {
             }
         };
         let gw = gw.clone();
+        let oidc = oidc.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(gw, stream, cred).await {
+            if let Err(e) = handle(gw, oidc, stream, cred).await {
                 tracing::debug!(error = %e, "control connection failed");
             }
             drop(slot);
@@ -361,6 +401,7 @@ impl Drop for ConnSlot {
 
 async fn handle(
     gw: Arc<Gateway>,
+    oidc: Option<Arc<oidc::Verifier>>,
     stream: UnixStream,
     cred: tokio::net::unix::UCred,
 ) -> std::io::Result<()> {
@@ -385,7 +426,18 @@ async fn handle(
                     pid,
                     process,
                 };
-                dispatch(&gw, &caller, req)
+                match req {
+                    Request::WhoAmI { id_token } => {
+                        whoami(oidc.as_deref(), &caller, id_token).await
+                    }
+                    Request::SshTrust { resource, replace } => match require_root(&caller) {
+                        Ok(()) => ssh::ssh_trust(&gw, &resource, replace)
+                            .await
+                            .unwrap_or_else(|e| e),
+                        Err(e) => e,
+                    },
+                    req => dispatch(&gw, &caller, req),
+                }
             }
             Err(e) => Response::err(format!("malformed control request: {e}")),
         },
@@ -592,6 +644,16 @@ fn dispatch(gw: &Arc<Gateway>, caller: &Caller, req: Request) -> Response {
                 .map(|v| reply(&v))
                 .map_err(|e| Response::err(e.to_string()))
         }),
+        Request::SessionEvents {
+            id,
+            after,
+            without_data,
+        } => require_root(caller).and_then(|()| {
+            let id: SessionId = id.parse().map_err(Response::err)?;
+            recording::page(&gw.audit, id, after, !without_data)
+                .map(|(events, more)| reply(&EventsPage { events, more }))
+                .map_err(|e| Response::err(e.to_string()))
+        }),
         Request::SessionsShow { id } => require_root(caller).and_then(|()| {
             let id: SessionId = id.parse().map_err(Response::err)?;
             match gw.audit.get(id) {
@@ -614,8 +676,47 @@ fn dispatch(gw: &Arc<Gateway>, caller: &Caller, req: Request) -> Response {
                 .map_err(|e| Response::err(e.to_string()))
         }),
         Request::VaultRm { name } => require_root(caller).and_then(|()| vault_rm(gw, caller, name)),
+        // Needs to await the identity provider: answered in `handle`.
+        Request::WhoAmI { .. } => Err(Response::err("who_am_i is not dispatched here")),
+        Request::SshConfig { agent } => ssh::ssh_config(gw, &agent),
+        Request::SshTrust { .. } => Err(Response::err("ssh_trust is not dispatched here")),
     };
     result.unwrap_or_else(|e| e)
+}
+
+/// `who_am_i` reply.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WhoAmIReply {
+    /// The caller's uid, from SO_PEERCRED.
+    pub uid: u32,
+    pub actor: oidc::Actor,
+    pub is_admin: bool,
+    pub can_approve: bool,
+}
+
+async fn whoami(
+    verifier: Option<&oidc::Verifier>,
+    caller: &Caller,
+    id_token: Option<WireSecret>,
+) -> Response {
+    let token = id_token
+        .as_ref()
+        .map(|t| t.0.expose_str().unwrap_or_default());
+    match oidc::authenticate(verifier, caller.uid, token).await {
+        Ok(actor) => {
+            tracing::debug!(uid = caller.uid, actor = %actor.audit_name(), "control caller identified");
+            reply(&WhoAmIReply {
+                uid: caller.uid,
+                is_admin: actor.is_admin(),
+                can_approve: actor.can_approve(),
+                actor,
+            })
+        }
+        Err(why) => {
+            tracing::info!(uid = caller.uid, %why, "control caller not identified");
+            Response::err(why)
+        }
+    }
 }
 
 fn vault_set(

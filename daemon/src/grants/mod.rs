@@ -102,6 +102,40 @@ pub fn check_database(
     }
 }
 
+/// For ssh sessions: the latest-expiring live grant for `agent` on
+/// `resource` whose `login` pin, where set, is the user name the agent asked
+/// for.
+pub fn check_login(
+    config: &Config,
+    agent: &AgentName,
+    resource: &str,
+    login: &str,
+    now: OffsetDateTime,
+) -> Result<LiveGrant, GrantDenial> {
+    check(config, agent, resource, now)?;
+    let live = config
+        .grants
+        .iter()
+        .filter(|g| &g.agent == agent && g.resource == resource && g.expires > now);
+    match live
+        .clone()
+        .filter(|g| g.login.as_deref().is_none_or(|l| l == login))
+        .map(|g| g.expires)
+        .max()
+    {
+        Some(expires) => Ok(LiveGrant { expires }),
+        None => {
+            let allowed: Vec<&str> = live.filter_map(|g| g.login.as_deref()).collect();
+            Err(GrantDenial::Pinned {
+                agent: agent.to_string(),
+                resource: resource.to_owned(),
+                what: format!("login `{login}`"),
+                pinned: format!(" (granted: {})", allowed.join(", ")),
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

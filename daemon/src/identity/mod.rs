@@ -1,6 +1,9 @@
 //! Identity: turns the kernel's attestation into a [`Principal`]. The agent
 //! is whoever owns the pinned cgroup the kernel saw the connect come from;
-//! nothing the agent says is taken into account.
+//! nothing the agent says is taken into account. Humans are identified by
+//! OIDC ID tokens: see [`oidc`].
+
+pub mod oidc;
 
 use std::{
     collections::HashMap,

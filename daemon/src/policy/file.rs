@@ -66,6 +66,21 @@ pub enum Problem {
     WithoutWhereKinds,
     #[error("`{key}` entry `{name}` must be a lower-case name of [a-z0-9_$.]")]
     BadAllowName { key: &'static str, name: String },
+    #[error("`protocol = {found:?}`: {expected}")]
+    Protocol {
+        found: String,
+        expected: &'static str,
+    },
+    #[error("[policy] has no `protocol`: an SSH policy file says `protocol = \"ssh\"` (without it the file is a SQL policy)")]
+    MissingSshProtocol,
+    #[error(
+        "rule name `{0}` is reserved (the [policy] default, [shell] and [sftp] decisions use it)"
+    )]
+    ReservedSshRuleName(String),
+    #[error("command pattern `{pattern}`: {why}")]
+    BadCommandPattern { pattern: String, why: String },
+    #[error("path pattern `{pattern}`: {why}")]
+    BadPathPattern { pattern: String, why: String },
 }
 
 #[derive(Deserialize)]
@@ -84,6 +99,11 @@ struct Doc {
 #[serde(deny_unknown_fields)]
 struct Header {
     name: Spanned<String>,
+    /// Absent or "postgres" (checked before this parse); SSH policy files say "ssh" and are
+    /// read by `policy::ssh`.
+    #[serde(default)]
+    #[allow(dead_code)]
+    protocol: Option<Spanned<String>>,
     #[serde(default)]
     description: String,
     default: Action,
@@ -130,6 +150,16 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, PolicyError> {
         problem,
     };
 
+    // Before the strict parse: an SSH policy here should say so, not name its first SSH key.
+    if let Some(p) = super::ssh::declared_protocol(text).filter(|p| p.get_ref() != "postgres") {
+        return Err(invalid(
+            p.span(),
+            Problem::Protocol {
+                found: p.get_ref().clone(),
+                expected: "a SQL policy has no `protocol` key or `protocol = \"postgres\"` (an SSH policy belongs to an ssh resource)",
+            },
+        ));
+    }
     let doc: Doc = toml::from_str(text).map_err(|source: toml::de::Error| PolicyError::Syntax {
         file: file.to_owned(),
         line: source.span().map_or(1, line_of),

@@ -87,7 +87,10 @@ fn every_file_in_policies_parses() {
     let mut n = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml") {
+        // SSH policies are parsed by policy::ssh's tests.
+        if path.extension().is_some_and(|e| e == "toml")
+            && !ssh::declares_ssh(&std::fs::read_to_string(&path).unwrap())
+        {
             load(&path).unwrap_or_else(|e| panic!("{e}"));
             n += 1;
         }

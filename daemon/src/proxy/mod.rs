@@ -8,6 +8,7 @@
 
 pub mod postgres;
 pub mod splice;
+pub mod ssh;
 pub mod tcp;
 pub mod tls;
 
@@ -232,6 +233,8 @@ pub struct Gateway {
     /// State shared by postgres sessions (catalog cache, cancel keys, TLS,
     /// statement log).
     pub postgres: postgres::Shared,
+    /// State shared by ssh sessions (host key, client/server settings, trust store).
+    pub ssh: ssh::Shared,
     pub stats: Stats,
     pub pipes: splice::PipePool,
     /// Session-end records, written off the proxy thread.
@@ -373,6 +376,7 @@ async fn handle(gw: Arc<Gateway>, stream: TcpStream, peer: SocketAddr) {
         let mut record = match ctx.admitted.resource.protocol {
             Protocol::Tcp => tcp::serve(ctx, stream, upstream).await,
             Protocol::Postgres => postgres::serve(ctx, stream, upstream).await,
+            Protocol::Ssh => ssh::serve(ctx, stream, upstream).await,
         };
         record.ended_at = Some(crate::rfc3339(OffsetDateTime::now_utc()));
         gw.stats.active.fetch_sub(1, Ordering::Relaxed);

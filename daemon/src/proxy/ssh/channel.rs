@@ -1,0 +1,791 @@
+//! One session channel: the agent's channel and the upstream's, relayed by two tasks.
+//!
+//! - agent -> upstream ([`from_agent`]): every request is decided here. pty-req, env (LANG and
+//!   LC_* only), window-change and signals are passed on; exec, shell and subsystem go through
+//!   the SSH policy; X11 and agent forwarding are refused. Data reaches the upstream only after
+//!   a command was allowed, through the sftp inspector for sftp channels, and through the
+//!   typed-line check for interactive shells with a pty (best effort: see README).
+//! - upstream -> agent ([`from_upstream`]): output, stderr, exit status and signals, replies to
+//!   the requests passed on (in order), EOF and close.
+//!
+//! A denied request is answered on the channel: success, a `cordon: denied ...` line on stderr,
+//! exit status [`DENIED_STATUS`], EOF and close. The connection stays usable for other channels.
+
+use std::{
+    collections::VecDeque,
+    sync::{atomic::Ordering, Arc, Mutex},
+};
+
+use bytes::Bytes;
+use russh::{client, server, Channel, ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use tokio::sync::oneshot;
+use tracing::{debug, info};
+
+use super::{sftp, Conn};
+use crate::{
+    audit::recording::EventKind,
+    policy::{
+        ssh::{FileAccess, SshDecision, SshPolicy},
+        Action,
+    },
+};
+
+/// Exit status of a command Cordon refused (as a shell reports a command it cannot execute).
+pub const DENIED_STATUS: u32 = 126;
+
+/// Longest line the typed-line check keeps; a longer one cannot be checked and is refused.
+const MAX_TYPED_LINE: usize = 4096;
+
+/// What the channel runs, once a request was allowed.
+enum Mode {
+    /// No exec/shell/subsystem yet: agent data is not passed on.
+    Idle,
+    /// A command or a shell without a pty: data passes as it is.
+    Plain,
+    /// An interactive shell with a pty: typed lines are checked.
+    Typed(LineWatch),
+    /// The sftp subsystem: every packet is inspected.
+    Sftp,
+}
+
+struct Shared {
+    conn: Arc<Conn>,
+    agent_id: ChannelId,
+    rec: u32,
+    handle: server::Handle,
+    agent_tx: ChannelWriteHalf<server::Msg>,
+    /// Replies the upstream owes, in order: true = success.
+    replies: Mutex<VecDeque<oneshot::Sender<bool>>>,
+    sftp: Mutex<Option<sftp::Inspector>>,
+}
+
+pub(super) async fn run(
+    conn: Arc<Conn>,
+    handle: server::Handle,
+    agent: Channel<server::Msg>,
+    upstream: Channel<client::Msg>,
+) {
+    let agent_id = agent.id();
+    let (agent_rx, agent_tx) = agent.split();
+    let (up_rx, up_tx) = upstream.split();
+    let shared = Arc::new(Shared {
+        conn: conn.clone(),
+        agent_id,
+        rec: agent_id.into(),
+        handle,
+        agent_tx,
+        replies: Mutex::new(VecDeque::new()),
+        sftp: Mutex::new(None),
+    });
+    let down = tokio::spawn(from_upstream(shared.clone(), up_rx));
+    from_agent(shared.clone(), agent_rx, up_tx).await;
+    let _ = down.await;
+    if let Ok(Some(mut inspector)) = shared.sftp.lock().map(|mut s| s.take()) {
+        record_file_events(&shared, inspector.finish());
+    }
+    shared.conn.recorder.event(shared.rec, EventKind::Close);
+    conn.channels.fetch_sub(1, Ordering::AcqRel);
+}
+
+async fn from_agent(sh: Arc<Shared>, mut rx: ChannelReadHalf, up: ChannelWriteHalf<client::Msg>) {
+    let policy = sh.conn.ssh.policy.clone();
+    let mut mode = Mode::Idle;
+    let mut pty = false;
+    while let Some(msg) = rx.wait().await {
+        let keep = match msg {
+            ChannelMsg::Data { data } => agent_data(&sh, &up, &mut mode, &policy, data).await,
+            ChannelMsg::ExtendedData { .. } => true,
+            ChannelMsg::Eof => {
+                sh.conn.recorder.event(sh.rec, EventKind::Eof);
+                up.eof().await.is_ok()
+            }
+            ChannelMsg::Close => false,
+            ChannelMsg::RequestPty {
+                term,
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+                terminal_modes,
+                ..
+            } => {
+                sh.conn.recorder.event(
+                    sh.rec,
+                    EventKind::Pty {
+                        term: term.clone(),
+                        cols: col_width,
+                        rows: row_height,
+                    },
+                );
+                let ok = forward(&sh, || {
+                    up.request_pty(
+                        true,
+                        &term,
+                        col_width,
+                        row_height,
+                        pix_width,
+                        pix_height,
+                        &terminal_modes,
+                    )
+                })
+                .await;
+                pty |= ok;
+                reply(&sh, ok).await
+            }
+            ChannelMsg::SetEnv {
+                want_reply,
+                variable_name,
+                variable_value,
+            } => {
+                let ok = variable_name == "LANG" || variable_name.starts_with("LC_");
+                record_request(
+                    &sh,
+                    "env",
+                    &variable_name,
+                    if ok { Action::Allow } else { Action::Deny },
+                    "builtin/env",
+                    (!ok).then(|| "only LANG and LC_* are passed to the host".to_owned()),
+                );
+                if ok {
+                    let _ = up.set_env(false, variable_name, variable_value).await;
+                }
+                if want_reply {
+                    reply(&sh, ok).await
+                } else {
+                    true
+                }
+            }
+            ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+            } => {
+                sh.conn.recorder.event(
+                    sh.rec,
+                    EventKind::Resize {
+                        cols: col_width,
+                        rows: row_height,
+                    },
+                );
+                up.window_change(col_width, row_height, pix_width, pix_height)
+                    .await
+                    .is_ok()
+            }
+            ChannelMsg::Signal { signal } => {
+                record_request(
+                    &sh,
+                    "signal",
+                    &format!("{signal:?}"),
+                    Action::Allow,
+                    "builtin/signal",
+                    None,
+                );
+                up.signal(signal).await.is_ok()
+            }
+            ChannelMsg::RequestX11 { .. } => {
+                record_request(
+                    &sh,
+                    "x11",
+                    "",
+                    Action::Deny,
+                    "builtin/x11-forwarding",
+                    Some("X11 forwarding is not allowed through cordon".into()),
+                );
+                reply(&sh, false).await
+            }
+            // Answered by the handler (refused); recorded there.
+            ChannelMsg::AgentForward { .. } => true,
+            ChannelMsg::RequestShell { .. } => {
+                if !matches!(mode, Mode::Idle) {
+                    reply(&sh, false).await
+                } else {
+                    let d = policy.decide_shell();
+                    record_decision(&sh, "shell", "", &d);
+                    if d.action == Action::Allow {
+                        let ok = forward(&sh, || up.request_shell(true)).await;
+                        if ok {
+                            mode = if pty {
+                                Mode::Typed(LineWatch::default())
+                            } else {
+                                Mode::Plain
+                            };
+                        }
+                        reply(&sh, ok).await
+                    } else {
+                        refuse(&sh, &up, &d, "an interactive shell").await;
+                        false
+                    }
+                }
+            }
+            ChannelMsg::Exec { command, .. } => {
+                if !matches!(mode, Mode::Idle) {
+                    reply(&sh, false).await
+                } else {
+                    let d = match std::str::from_utf8(&command) {
+                        Ok(text) => policy.decide_exec(text),
+                        Err(_) => SshDecision {
+                            action: Action::Deny,
+                            rule: "builtin/encoding".into(),
+                            reason: "the command is not valid UTF-8".into(),
+                        },
+                    };
+                    let text = String::from_utf8_lossy(&command).into_owned();
+                    record_decision(&sh, "exec", &text, &d);
+                    if d.action == Action::Allow {
+                        let ok = forward(&sh, || up.exec(true, command.clone())).await;
+                        if ok {
+                            mode = Mode::Plain;
+                        }
+                        reply(&sh, ok).await
+                    } else {
+                        refuse(&sh, &up, &d, "this command").await;
+                        false
+                    }
+                }
+            }
+            ChannelMsg::RequestSubsystem { name, .. } => {
+                if !matches!(mode, Mode::Idle) {
+                    reply(&sh, false).await
+                } else {
+                    let d = policy.decide_subsystem(&name);
+                    record_decision(&sh, "subsystem", &name, &d);
+                    if d.action == Action::Allow {
+                        let ok = forward(&sh, || up.request_subsystem(true, name.clone())).await;
+                        if ok && name == "sftp" {
+                            if let Ok(mut s) = sh.sftp.lock() {
+                                *s = Some(sftp::Inspector::new(Box::new(Rules(policy.clone()))));
+                            }
+                            mode = Mode::Sftp;
+                        } else if ok {
+                            mode = Mode::Plain;
+                        }
+                        reply(&sh, ok).await
+                    } else {
+                        refuse(&sh, &up, &d, &format!("the `{name}` subsystem")).await;
+                        false
+                    }
+                }
+            }
+            other => {
+                debug!(msg = ?other, "ssh: ignored channel message from the agent");
+                true
+            }
+        };
+        if !keep {
+            break;
+        }
+    }
+    let _ = up.close().await;
+}
+
+/// Agent data: passed on according to the channel's mode. False ends the channel.
+async fn agent_data(
+    sh: &Shared,
+    up: &ChannelWriteHalf<client::Msg>,
+    mode: &mut Mode,
+    policy: &SshPolicy,
+    data: Bytes,
+) -> bool {
+    sh.conn
+        .bytes_up
+        .fetch_add(data.len() as u64, Ordering::Relaxed);
+    match mode {
+        Mode::Idle => {
+            debug!("ssh: data before any command; dropped");
+            true
+        }
+        Mode::Plain => {
+            sh.conn.recorder.event(
+                sh.rec,
+                EventKind::Input {
+                    data: data.to_vec(),
+                },
+            );
+            up.data_bytes(data).await.is_ok()
+        }
+        Mode::Typed(watch) => {
+            sh.conn.recorder.event(
+                sh.rec,
+                EventKind::Input {
+                    data: data.to_vec(),
+                },
+            );
+            let mut pass = Vec::with_capacity(data.len());
+            for &b in data.iter() {
+                match watch.push(b) {
+                    Typed::Pass => pass.push(b),
+                    Typed::Line(line) => {
+                        let d = match line {
+                            Ok(line) => {
+                                let d = policy.decide_typed_line(&line);
+                                record_decision(sh, "typed-line", &line, &d);
+                                d
+                            }
+                            Err(why) => {
+                                let d = SshDecision {
+                                    action: Action::Deny,
+                                    rule: "builtin/typed-line".into(),
+                                    reason: why,
+                                };
+                                record_decision(sh, "typed-line", "", &d);
+                                d
+                            }
+                        };
+                        if d.action == Action::Allow {
+                            pass.push(b);
+                        } else {
+                            // Kill the line on the host, start a fresh prompt, and say why.
+                            pass.extend_from_slice(b"\x15\r");
+                            let msg = format!("\r\n{}\r\n", denial_text(&d, "this line"));
+                            // Recorded as output: it is part of what the agent's terminal shows.
+                            sh.conn.recorder.event(
+                                sh.rec,
+                                EventKind::Output {
+                                    data: msg.clone().into_bytes(),
+                                },
+                            );
+                            let _ = sh.agent_tx.data_bytes(msg.into_bytes()).await;
+                        }
+                    }
+                }
+            }
+            up.data_bytes(pass).await.is_ok()
+        }
+        Mode::Sftp => {
+            let flow = match sh.sftp.lock() {
+                Ok(mut guard) => match guard.as_mut() {
+                    Some(inspector) => {
+                        let flow = inspector.from_client(&data);
+                        let events = inspector.take_events();
+                        record_file_events(sh, events);
+                        flow
+                    }
+                    None => return false,
+                },
+                Err(_) => return false,
+            };
+            match flow {
+                Ok(flow) => {
+                    if !flow.to_client.is_empty()
+                        && sh.agent_tx.data_bytes(flow.to_client).await.is_err()
+                    {
+                        return false;
+                    }
+                    flow.to_server.is_empty() || up.data_bytes(flow.to_server).await.is_ok()
+                }
+                Err(e) => {
+                    info!(error = %e, "ssh: malformed sftp stream; closing the channel");
+                    record_request(
+                        sh,
+                        "sftp",
+                        "",
+                        Action::Deny,
+                        "builtin/sftp-protocol",
+                        Some(e.to_string()),
+                    );
+                    false
+                }
+            }
+        }
+    }
+}
+
+async fn from_upstream(sh: Arc<Shared>, mut rx: ChannelReadHalf) {
+    while let Some(msg) = rx.wait().await {
+        let ok = match msg {
+            ChannelMsg::Data { data } => {
+                sh.conn
+                    .bytes_down
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                let sftp = sh.sftp.lock().ok().and_then(|mut g| {
+                    g.as_mut().map(|i| {
+                        let out = i.from_server(&data);
+                        (out, i.take_events())
+                    })
+                });
+                match sftp {
+                    Some((Ok(out), events)) => {
+                        record_file_events(&sh, events);
+                        sh.agent_tx.data_bytes(out).await.is_ok()
+                    }
+                    Some((Err(e), _)) => {
+                        info!(error = %e, "ssh: malformed sftp reply from the host");
+                        false
+                    }
+                    None => {
+                        sh.conn.recorder.event(
+                            sh.rec,
+                            EventKind::Output {
+                                data: data.to_vec(),
+                            },
+                        );
+                        sh.agent_tx.data_bytes(data).await.is_ok()
+                    }
+                }
+            }
+            ChannelMsg::ExtendedData { data, ext } => {
+                sh.conn
+                    .bytes_down
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                sh.conn.recorder.event(
+                    sh.rec,
+                    EventKind::Stderr {
+                        data: data.to_vec(),
+                    },
+                );
+                sh.agent_tx.extended_data_bytes(ext, data).await.is_ok()
+            }
+            ChannelMsg::Eof => sh.agent_tx.eof().await.is_ok(),
+            ChannelMsg::ExitStatus { exit_status } => {
+                sh.conn.recorder.event(
+                    sh.rec,
+                    EventKind::Exit {
+                        status: exit_status,
+                    },
+                );
+                sh.handle
+                    .exit_status_request(sh.agent_id, exit_status)
+                    .await
+                    .is_ok()
+            }
+            ChannelMsg::ExitSignal {
+                signal_name,
+                core_dumped,
+                error_message,
+                lang_tag,
+            } => {
+                sh.conn.recorder.event(
+                    sh.rec,
+                    EventKind::Signal {
+                        name: format!("{signal_name:?}"),
+                        core_dumped,
+                        message: error_message.clone(),
+                    },
+                );
+                sh.handle
+                    .exit_signal_request(
+                        sh.agent_id,
+                        signal_name,
+                        core_dumped,
+                        error_message,
+                        lang_tag,
+                    )
+                    .await
+                    .is_ok()
+            }
+            ChannelMsg::Success | ChannelMsg::Failure => {
+                let waiter = sh.replies.lock().ok().and_then(|mut q| q.pop_front());
+                if let Some(w) = waiter {
+                    let _ = w.send(matches!(msg, ChannelMsg::Success));
+                }
+                true
+            }
+            ChannelMsg::Close => false,
+            _ => true,
+        };
+        if !ok {
+            break;
+        }
+    }
+    // Whatever ended the upstream side: fail pending requests, close the agent's channel.
+    if let Ok(mut q) = sh.replies.lock() {
+        q.clear();
+    }
+    let _ = sh.agent_tx.close().await;
+}
+
+/// A channel of a connection Cordon refused (login not granted, upstream unreachable or its
+/// host key not the pinned one): the first exec, shell or subsystem request is answered with
+/// `cordon: <why>` on stderr and exit status 255, as ssh reports its own failures. Nothing
+/// reaches any upstream.
+pub(super) async fn refused(
+    conn: Arc<Conn>,
+    handle: server::Handle,
+    agent: Channel<server::Msg>,
+    why: String,
+) {
+    let id = agent.id();
+    let (mut rx, tx) = agent.split();
+    while let Some(msg) = rx.wait().await {
+        match msg {
+            ChannelMsg::RequestPty { .. }
+            | ChannelMsg::SetEnv {
+                want_reply: true, ..
+            } => {
+                let _ = handle.channel_success(id).await;
+            }
+            ChannelMsg::Exec { .. }
+            | ChannelMsg::RequestShell { .. }
+            | ChannelMsg::RequestSubsystem { .. } => {
+                let _ = handle.channel_success(id).await;
+                let line = format!("cordon: {why}\r\n");
+                let _ = tx.extended_data_bytes(1, line.into_bytes()).await;
+                let _ = handle.exit_status_request(id, 255).await;
+                let _ = tx.eof().await;
+                break;
+            }
+            ChannelMsg::RequestX11 { .. } => {
+                let _ = handle.channel_failure(id).await;
+            }
+            ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    let _ = tx.close().await;
+    conn.channels.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Sends a request upstream with want_reply and waits for the upstream's answer.
+async fn forward<F, Fut>(sh: &Shared, send: F) -> bool
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), russh::Error>>,
+{
+    let (tx, rx) = oneshot::channel();
+    match sh.replies.lock() {
+        Ok(mut q) => q.push_back(tx),
+        Err(_) => return false,
+    }
+    if send().await.is_err() {
+        return false;
+    }
+    rx.await.unwrap_or(false)
+}
+
+/// Answers the agent's request. False if the connection is gone.
+async fn reply(sh: &Shared, ok: bool) -> bool {
+    let r = if ok {
+        sh.handle.channel_success(sh.agent_id).await
+    } else {
+        sh.handle.channel_failure(sh.agent_id).await
+    };
+    r.is_ok()
+}
+
+fn denial_text(d: &SshDecision, what: &str) -> String {
+    match d.action {
+        Action::Approve => format!(
+            "cordon: {what} needs approval ({}): {}; approvals are not available yet, so it is refused",
+            d.rule, d.reason
+        ),
+        _ => format!("cordon: denied by {}: {}", d.rule, d.reason),
+    }
+}
+
+/// Refuses the channel's command: the agent's request succeeds, then it reads why on stderr,
+/// gets a non-zero exit status and the channel closes.
+async fn refuse(sh: &Shared, up: &ChannelWriteHalf<client::Msg>, d: &SshDecision, what: &str) {
+    info!(rule = %d.rule, reason = %d.reason, "ssh: request denied");
+    let _ = up.close().await;
+    let _ = sh.handle.channel_success(sh.agent_id).await;
+    let line = format!("{}\r\n", denial_text(d, what));
+    sh.conn.recorder.event(
+        sh.rec,
+        EventKind::Stderr {
+            data: line.clone().into_bytes(),
+        },
+    );
+    let _ = sh.agent_tx.extended_data_bytes(1, line.into_bytes()).await;
+    let _ = sh
+        .handle
+        .exit_status_request(sh.agent_id, DENIED_STATUS)
+        .await;
+    sh.conn.recorder.event(
+        sh.rec,
+        EventKind::Exit {
+            status: DENIED_STATUS,
+        },
+    );
+    let _ = sh.agent_tx.eof().await;
+    let _ = sh.agent_tx.close().await;
+}
+
+fn verdict(a: Action) -> &'static str {
+    match a {
+        Action::Allow => "allow",
+        Action::Deny => "deny",
+        Action::Approve => "approve",
+    }
+}
+
+fn record_decision(sh: &Shared, what: &str, detail: &str, d: &SshDecision) {
+    record_request(
+        sh,
+        what,
+        detail,
+        d.action,
+        &d.rule,
+        (d.action != Action::Allow).then(|| d.reason.clone()),
+    );
+}
+
+/// Records a request; a refusal is stored durably before the agent hears of it.
+fn record_request(
+    sh: &Shared,
+    what: &str,
+    detail: &str,
+    action: Action,
+    rule: &str,
+    reason: Option<String>,
+) {
+    let kind = EventKind::Request {
+        what: what.to_owned(),
+        detail: detail.to_owned(),
+        verdict: verdict(action).to_owned(),
+        rule: rule.to_owned(),
+        reason,
+    };
+    if action == Action::Allow {
+        sh.conn.recorder.event(sh.rec, kind);
+    } else if let Err(e) = sh.conn.recorder.event_durable(sh.rec, kind) {
+        tracing::error!(error = %e, "ssh: cannot record a denial");
+    }
+}
+
+fn record_file_events(sh: &Shared, events: Vec<sftp::FileEvent>) {
+    for ev in events {
+        let denied = matches!(&ev, sftp::FileEvent::Op { allowed: false, .. });
+        let Ok(value) = serde_json::to_value(&ev) else {
+            continue;
+        };
+        let kind = EventKind::File { event: value };
+        if denied {
+            if let Err(e) = sh.conn.recorder.event_durable(sh.rec, kind) {
+                tracing::error!(error = %e, "ssh: cannot record a file denial");
+            }
+        } else {
+            sh.conn.recorder.event(sh.rec, kind);
+        }
+    }
+}
+
+/// The policy's [sftp] section, as the inspector asks it.
+struct Rules(Arc<SshPolicy>);
+
+impl sftp::FileRules for Rules {
+    fn check(&self, access: sftp::Access, path: &str) -> Result<(), String> {
+        let access = match access {
+            sftp::Access::Read => FileAccess::Read,
+            sftp::Access::List => FileAccess::List,
+            sftp::Access::Write => FileAccess::Write,
+        };
+        let d = self.0.decide_file(access, path);
+        match d.action {
+            Action::Allow => Ok(()),
+            _ => Err(format!("denied by {}: {}", d.rule, d.reason)),
+        }
+    }
+}
+
+/// What one typed byte means for the typed-line check.
+enum Typed {
+    /// Pass it on.
+    Pass,
+    /// Enter: the line to check (or why it cannot be checked). The Enter byte itself is held.
+    Line(Result<String, String>),
+}
+
+/// Best-effort reconstruction of the line being typed in an interactive shell: printable
+/// characters, backspace, ^U and ^C. Escape sequences (arrows, history), tab completion and
+/// other control keys make the line uncheckable, so it is refused when Enter is pressed.
+#[derive(Default)]
+struct LineWatch {
+    line: Vec<u8>,
+    uncheckable: Option<&'static str>,
+}
+
+impl LineWatch {
+    fn push(&mut self, b: u8) -> Typed {
+        match b {
+            b'\r' | b'\n' => {
+                let line = std::mem::take(&mut self.line);
+                let why = self.uncheckable.take();
+                if line.iter().all(|c| *c == b' ') && why.is_none() {
+                    return Typed::Pass;
+                }
+                Typed::Line(match why {
+                    Some(why) => Err(format!(
+                        "{why} make this line uncheckable; type the command plainly"
+                    )),
+                    None => String::from_utf8(line)
+                        .map_err(|_| "the line is not valid UTF-8".to_owned()),
+                })
+            }
+            0x7f | 0x08 => {
+                // Backspace removes one character (a whole UTF-8 sequence).
+                while let Some(c) = self.line.pop() {
+                    if c & 0xC0 != 0x80 {
+                        break;
+                    }
+                }
+                Typed::Pass
+            }
+            0x15 | 0x03 => {
+                // ^U kills the line, ^C abandons it.
+                self.line.clear();
+                self.uncheckable = None;
+                Typed::Pass
+            }
+            0x1b => {
+                self.uncheckable = Some("escape sequences (arrow keys, history, paste)");
+                Typed::Pass
+            }
+            b'\t' => {
+                self.uncheckable = Some("tab completion");
+                Typed::Pass
+            }
+            0x00..=0x1f => {
+                self.uncheckable = Some("control keys");
+                Typed::Pass
+            }
+            _ => {
+                if self.line.len() >= MAX_TYPED_LINE {
+                    self.uncheckable = Some("very long lines");
+                } else {
+                    self.line.push(b);
+                }
+                Typed::Pass
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(w: &mut LineWatch, s: &[u8]) -> Vec<Result<String, String>> {
+        s.iter()
+            .filter_map(|b| match w.push(*b) {
+                Typed::Line(l) => Some(l),
+                Typed::Pass => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn typed_lines_are_reconstructed() {
+        let mut w = LineWatch::default();
+        assert_eq!(feed(&mut w, b"uptime\r"), vec![Ok("uptime".to_owned())]);
+        assert_eq!(
+            feed(&mut w, b"rmx\x7f -rf /\r"),
+            vec![Ok("rm -rf /".to_owned())]
+        );
+        assert_eq!(feed(&mut w, b"junk\x15ls\r"), vec![Ok("ls".to_owned())]);
+        assert_eq!(feed(&mut w, b"   \r"), Vec::<Result<String, String>>::new());
+        let got = feed(&mut w, b"up\x1b[A\r");
+        assert!(
+            matches!(&got[..], [Err(e)] if e.contains("escape")),
+            "{got:?}"
+        );
+        let got = feed(&mut w, b"upt\t\r");
+        assert!(matches!(&got[..], [Err(e)] if e.contains("tab")), "{got:?}");
+        // The state is fresh after each line.
+        assert_eq!(feed(&mut w, b"df -h\n"), vec![Ok("df -h".to_owned())]);
+        assert_eq!(
+            feed(&mut w, "é\x7fa\r".as_bytes()),
+            vec![Ok("a".to_owned())]
+        );
+    }
+}

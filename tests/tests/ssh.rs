@@ -1,0 +1,643 @@
+//! The SSH gateway end to end: a real OpenSSH server (Debian's sshd on loopback), the real
+//! daemon and kernel capture, the unmodified OpenSSH client (`ssh`, `scp`, `sftp`) run inside
+//! an agent cgroup as nobody, holding no key. What is asserted is what the agent and the
+//! operator see: output, stderr lines, exit statuses, files on the host, the session record,
+//! the replay.
+
+use std::{
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use cordon_tests::{
+    require_root, run_with_limit,
+    ssh::{SshServer, TEST_PASSWORD, TEST_USER},
+    Daemon, Setup, FAR_FUTURE,
+};
+use serde_json::Value;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn policies_dir() -> String {
+    format!("{}/../policies", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// An ssh resource `host` for `server` with `policy`, the vault entry `host-key`, the
+/// server's host key pinned unless `pin` is false, and a grant for `bot` pinned to the test
+/// login.
+fn ssh_setup(server: &SshServer, policy: &str, pin: Option<&str>, more: &str) -> Setup {
+    let mut s = Setup::new()
+        .agent("bot")
+        .daemon_key(&format!("policy_dir = \"{}\"", policies_dir()));
+    let pin = pin
+        .map(|k| format!("host_keys = [\"{k}\"]\n"))
+        .unwrap_or_default();
+    s.extra = format!(
+        "\n[[resource]]\nname = \"host\"\nprotocol = \"ssh\"\naddress = \"{}\"\ncredential = \"host-key\"\npolicy = \"{policy}\"\n{pin}{more}\n[[grant]]\nagent = \"bot\"\nresource = \"host\"\nexpires = \"{FAR_FUTURE}\"\nlogin = \"{TEST_USER}\"\n",
+        server.address()
+    );
+    s
+}
+
+fn vault_set(d: &Daemon, name: &str, kind: &str, secret: &str) {
+    let mut cmd = d.cordon(&["vault", "set", name, "--kind", kind]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn cordon vault set");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(secret.as_bytes())
+        .expect("write secret");
+    let out = child.wait_with_output().expect("vault set");
+    assert!(
+        out.status.success(),
+        "vault set failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The agent's ssh configuration from `cordon ssh-config`, written where nobody can read it.
+struct AgentSsh {
+    config: PathBuf,
+}
+
+fn agent_ssh(d: &Daemon) -> AgentSsh {
+    let dir = d.setup.dir.path().join("agent-ssh");
+    let _ = fs::create_dir(&dir);
+    let known = dir.join("known_hosts");
+    let out = d.cordon_output(&["ssh-config", "--agent", "bot", "--known-hosts"]);
+    assert!(
+        out.status.success(),
+        "ssh-config --known-hosts: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::write(&known, &out.stdout).expect("write known_hosts");
+    let out = d.cordon_output(&[
+        "ssh-config",
+        "--agent",
+        "bot",
+        "--known-hosts-file",
+        &known.display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "ssh-config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = dir.join("config");
+    fs::write(&config, &out.stdout).expect("write ssh config");
+    AgentSsh { config }
+}
+
+fn as_nobody(argv: Vec<String>) -> Vec<String> {
+    cordon_tests::pg::as_nobody(argv)
+}
+
+/// `ssh -F CONFIG host ARGS...` inside agent `bot`, as nobody.
+fn agent_ssh_cmd(d: &Daemon, a: &AgentSsh, args: &[&str]) -> Command {
+    let mut argv = vec![
+        "ssh".to_owned(),
+        "-F".into(),
+        a.config.display().to_string(),
+    ];
+    argv.extend(args.iter().map(|s| (*s).to_owned()));
+    let mut cmd = d.cordon(&["run", "--agent", "bot", "--"]);
+    cmd.args(as_nobody(argv));
+    cmd.env("HOME", "/nonexistent");
+    cmd.env_remove("SSH_AUTH_SOCK");
+    cmd
+}
+
+fn agent_ssh_run(d: &Daemon, a: &AgentSsh, args: &[&str]) -> Output {
+    run_with_limit(&mut agent_ssh_cmd(d, a, args), LIMIT)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The newest ended, allowed ssh session, as `sessions show --json` prints it.
+fn last_ssh_session(d: &Daemon) -> Value {
+    let s = d.wait_session("an ssh session", |s| {
+        s["protocol"] == "ssh" && s["verdict"] == "allow" && !s["ended_at"].is_null()
+    });
+    let id = s["id"].as_str().expect("id").to_owned();
+    let out = d.cordon_output(&["sessions", "show", &id, "--json"]);
+    serde_json::from_slice(&out.stdout).expect("sessions show --json")
+}
+
+fn start(policy: &str) -> (SshServer, Daemon, AgentSsh) {
+    let server = SshServer::start().expect("sshd");
+    let d = Daemon::start(ssh_setup(&server, policy, Some(&server.host_key), ""));
+    vault_set(&d, "host-key", "ssh-key", &server.client_key());
+    let a = agent_ssh(&d);
+    (server, d, a)
+}
+
+#[test]
+fn exec_allowed_denied_and_evasions_refused() {
+    require_root!();
+    let (server, d, a) = start("ssh-readonly");
+    let marker = server.home.join("pwned");
+
+    let out = agent_ssh_run(&d, &a, &["host", "uptime"]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("load average"),
+        "uptime through cordon: {}\n{}\n{}",
+        text(&out),
+        d.context(),
+        server.log()
+    );
+
+    let touch = format!("touch {}", marker.display());
+    let attempts = [
+        touch.clone(),
+        format!("uptime; {touch}"),
+        format!("uptime && {touch}"),
+        format!("uptime || {touch}"),
+        format!("uptime | {touch}"),
+        format!("uptime\n{touch}"),
+        format!("uptime $({touch})"),
+        format!("uptime `{touch}`"),
+        format!("uptime > {}", marker.display()),
+        format!("sh -c '{touch}'"),
+        format!("FOO=1 {touch}"),
+        format!("u'p'time; {touch}"),
+        format!("eval {touch}"),
+        format!("uptime & {touch}"),
+    ];
+    for attempt in &attempts {
+        let out = agent_ssh_run(&d, &a, &["host", attempt]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(126),
+            "`{attempt}` should be denied with exit 126: {}",
+            text(&out)
+        );
+        assert!(
+            err.contains("cordon: denied by "),
+            "`{attempt}`: stderr should name the rule: {err}"
+        );
+    }
+    assert!(!marker.exists(), "a denied command ran on the host");
+
+    // Quote removal: u'p'time is uptime.
+    let out = agent_ssh_run(&d, &a, &["host", "u'p'time"]);
+    assert!(out.status.success(), "u'p'time: {}", text(&out));
+
+    // The connection stays usable: several channels in one connection (ControlMaster-less:
+    // a shell-less session with two execs is not possible in OpenSSH, so check a denied then
+    // an allowed command in a row, then the session records).
+    let out = agent_ssh_run(&d, &a, &["host", "df -h"]);
+    assert!(out.status.success(), "df -h: {}", text(&out));
+
+    let session = last_ssh_session(&d);
+    let shown = session.to_string();
+    assert!(
+        shown.contains("df -h"),
+        "session show lists the command: {shown}"
+    );
+    let out = d.cordon_output(&["sessions", "list"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ssh"),
+        "sessions list shows ssh sessions"
+    );
+    // A denial is in the record with its rule.
+    let all = d.sessions();
+    let denied_recorded = all.iter().any(|s| {
+        let id = s["id"].as_str().unwrap_or_default();
+        let out = d.cordon_output(&["sessions", "show", id, "--json"]);
+        String::from_utf8_lossy(&out.stdout).contains(&format!("touch {}", marker.display()))
+    });
+    assert!(denied_recorded, "the denied command is recorded");
+
+    // The key is never visible to the agent: not in what it received, not readable from the
+    // daemon's state directory, not in the daemon's log.
+    let key = server.client_key();
+    let key_body: String = key
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .join("");
+    assert!(key_body.len() > 40);
+    let state = d.setup.dir.path().join("state");
+    let probe = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg("sh")
+        .arg("-c")
+        .arg(format!(
+            "cat {}/* 2>&1; ls -la {} 2>&1",
+            state.display(),
+            state.display()
+        ))
+        .output()
+        .expect("setpriv");
+    let seen = String::from_utf8_lossy(&probe.stdout);
+    let first = key_body.get(..40).unwrap_or_default();
+    assert!(
+        !seen.contains(first),
+        "nobody read the key from the state dir"
+    );
+    assert!(
+        !d.stderr().contains(first),
+        "the key is in the daemon's log"
+    );
+    for s in &all {
+        let id = s["id"].as_str().unwrap_or_default();
+        let out = d.cordon_output(&["export", id, "--format", "jsonl"]);
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains(first),
+            "the key is in a recording"
+        );
+    }
+}
+
+#[test]
+fn login_pin_and_unknown_user_refused_with_reason() {
+    require_root!();
+    let (_server, d, a) = start("ssh-readonly");
+    let out = agent_ssh_run(&d, &a, &["-l", "root", "host", "uptime"]);
+    assert!(!out.status.success(), "login as root must be refused");
+    let t = text(&out);
+    assert!(
+        t.contains("cordon:") && t.contains("login `root`"),
+        "the agent is told why: {t}"
+    );
+}
+
+#[test]
+fn interactive_shell_is_recorded_and_replayed_byte_for_byte() {
+    require_root!();
+    let (server, d, a) = start("ssh-ops");
+    let marker = server.home.join("typed-pwned");
+    let mut cmd = agent_ssh_cmd(&d, &a, &["-tt", "host"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn ssh -tt");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let script = [
+        "echo cordon-shell-$((40+2))\r".to_owned(),
+        "echo cordon-second-line\r".to_owned(),
+        format!("touch {}\r", marker.display()),
+        "exit\r".to_owned(),
+    ];
+    std::thread::spawn(move || {
+        for line in script {
+            std::thread::sleep(Duration::from_millis(700));
+            let _ = stdin.write_all(line.as_bytes());
+            let _ = stdin.flush();
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    let (out, _) = cordon_tests::wait_output(child, LIMIT);
+    let client_saw = out.stdout.clone();
+    let shown = String::from_utf8_lossy(&client_saw);
+    assert!(
+        shown.contains("cordon-second-line"),
+        "the shell ran: {}\n{}",
+        text(&out),
+        d.context()
+    );
+    assert!(!marker.exists(), "a denied typed line ran");
+    assert!(
+        shown.contains("cordon: denied by"),
+        "the denied line is explained in the terminal: {shown}"
+    );
+
+    let session = last_ssh_session(&d);
+    let id = session["id"].as_str().expect("id").to_owned();
+    let replay = d.cordon_output(&["replay", &id, "--no-wait"]);
+    assert!(replay.status.success(), "replay: {}", text(&replay));
+    assert_eq!(
+        String::from_utf8_lossy(&replay.stdout),
+        String::from_utf8_lossy(&client_saw),
+        "replay --no-wait prints exactly what the client received"
+    );
+    let cast = d.cordon_output(&["export", &id, "--format", "asciicast"]);
+    assert!(cast.status.success(), "export: {}", text(&cast));
+    let cast = String::from_utf8_lossy(&cast.stdout);
+    let header: Value =
+        serde_json::from_str(cast.lines().next().unwrap_or_default()).expect("asciicast header");
+    assert_eq!(header["version"], 2, "{header}");
+    assert!(
+        cast.contains("cordon-second-line"),
+        "asciicast has the output"
+    );
+}
+
+#[test]
+fn sftp_and_scp_read_only() {
+    require_root!();
+    let (server, d, a) = start("ssh-readonly");
+    // A file the agent may read (ssh-readonly allows /tmp/**) and one it may not.
+    let dir = tempfile::Builder::new()
+        .prefix("cordon-sftp-")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    let readable = dir.path().join("report.txt");
+    fs::write(&readable, "quarterly numbers\n").expect("write");
+    fs::set_permissions(
+        &readable,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .expect("chmod");
+    let out_dir = d.setup.dir.path().join("downloads");
+    fs::create_dir(&out_dir).expect("mkdir");
+    fs::set_permissions(
+        &out_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+
+    // sftp download: allowed.
+    let batch = out_dir.join("batch");
+    fs::write(
+        &batch,
+        format!("get {} {}/got.txt\n", readable.display(), out_dir.display()),
+    )
+    .expect("batch");
+    let out = agent_sftp(&d, &a, &batch);
+    assert!(
+        out.status.success(),
+        "sftp get: {}\n{}",
+        text(&out),
+        d.context()
+    );
+    assert_eq!(
+        fs::read_to_string(out_dir.join("got.txt")).unwrap_or_default(),
+        "quarterly numbers\n"
+    );
+    // sftp upload: denied by the read-only rule.
+    fs::write(
+        &batch,
+        format!("put {} {}/up.txt\n", batch.display(), dir.path().display()),
+    )
+    .expect("batch");
+    let out = agent_sftp(&d, &a, &batch);
+    assert!(!out.status.success(), "sftp put must fail: {}", text(&out));
+    assert!(
+        text(&out).to_lowercase().contains("permission denied"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !dir.path().join("up.txt").exists(),
+        "the upload reached the host"
+    );
+    // Outside the allowed paths: denied.
+    fs::write(&batch, "get /etc/hostname /tmp/never\n").expect("batch");
+    let out = agent_sftp(&d, &a, &batch);
+    assert!(
+        !out.status.success(),
+        "sftp get outside paths: {}",
+        text(&out)
+    );
+
+    // scp (sftp protocol) download allowed, upload denied.
+    let out = agent_scp(
+        &d,
+        &a,
+        &[
+            &format!("host:{}", readable.display()),
+            &format!("{}/scp.txt", out_dir.display()),
+        ],
+    );
+    assert!(out.status.success(), "scp download: {}", text(&out));
+    let out = agent_scp(
+        &d,
+        &a,
+        &[
+            &batch.display().to_string(),
+            &format!("host:{}/scp-up.txt", dir.path().display()),
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "scp upload must fail: {}",
+        text(&out)
+    );
+    assert!(!dir.path().join("scp-up.txt").exists());
+    // Legacy scp protocol (exec `scp -t`): denied as a write.
+    let out = agent_scp(
+        &d,
+        &a,
+        &[
+            "-O",
+            &batch.display().to_string(),
+            &format!("host:{}/legacy.txt", dir.path().display()),
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "scp -O upload must fail: {}",
+        text(&out)
+    );
+    assert!(!dir.path().join("legacy.txt").exists());
+
+    // File names are in the record.
+    let all = d.sessions();
+    let recorded = all.iter().any(|s| {
+        let id = s["id"].as_str().unwrap_or_default();
+        let out = d.cordon_output(&["sessions", "show", id, "--json"]);
+        String::from_utf8_lossy(&out.stdout).contains("report.txt")
+    });
+    assert!(recorded, "file transfers are recorded by name");
+    drop(server);
+}
+
+fn agent_sftp(d: &Daemon, a: &AgentSsh, batch: &Path) -> Output {
+    let argv = vec![
+        "sftp".to_owned(),
+        "-F".into(),
+        a.config.display().to_string(),
+        "-b".into(),
+        batch.display().to_string(),
+        "host".into(),
+    ];
+    let mut cmd = d.cordon(&["run", "--agent", "bot", "--"]);
+    cmd.args(as_nobody(argv));
+    cmd.env("HOME", "/nonexistent");
+    run_with_limit(&mut cmd, LIMIT)
+}
+
+fn agent_scp(d: &Daemon, a: &AgentSsh, args: &[&str]) -> Output {
+    let mut argv = vec![
+        "scp".to_owned(),
+        "-F".into(),
+        a.config.display().to_string(),
+    ];
+    argv.extend(args.iter().map(|s| (*s).to_owned()));
+    let mut cmd = d.cordon(&["run", "--agent", "bot", "--"]);
+    cmd.args(as_nobody(argv));
+    cmd.env("HOME", "/nonexistent");
+    run_with_limit(&mut cmd, LIMIT)
+}
+
+#[test]
+fn every_forwarding_kind_is_denied() {
+    require_root!();
+    let (server, d, a) = start("ssh-ops");
+    // -W (stdio forwarding) and -L/-D use direct-tcpip channels.
+    let out = agent_ssh_run(
+        &d,
+        &a,
+        &["-W", &format!("127.0.0.1:{}", server.port), "host"],
+    );
+    assert!(!out.status.success(), "-W must fail: {}", text(&out));
+    assert!(
+        text(&out).contains("administratively prohibited"),
+        "{}",
+        text(&out)
+    );
+    // -R: remote forwarding, a global request.
+    let out = agent_ssh_run(
+        &d,
+        &a,
+        &[
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            "0:127.0.0.1:9",
+            "host",
+            "true",
+        ],
+    );
+    assert!(!out.status.success(), "-R must fail: {}", text(&out));
+    // -X: X11 forwarding request.
+    let mut cmd = agent_ssh_cmd(
+        &d,
+        &a,
+        &[
+            "-X",
+            "-o",
+            "ForwardX11Trusted=yes",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "host",
+            "true",
+        ],
+    );
+    cmd.env("DISPLAY", "127.0.0.1:0");
+    let out = run_with_limit(&mut cmd, LIMIT);
+    let t = text(&out);
+    assert!(
+        !out.status.success() || t.contains("X11 forwarding request failed"),
+        "X11 must be refused: {t}"
+    );
+    // The refusals are recorded.
+    let all = d.sessions();
+    let shown: String = all
+        .iter()
+        .map(|s| {
+            let id = s["id"].as_str().unwrap_or_default();
+            String::from_utf8_lossy(&d.cordon_output(&["sessions", "show", id, "--json"]).stdout)
+                .into_owned()
+        })
+        .collect();
+    assert!(shown.contains("direct-tcpip"), "the -W refusal is recorded");
+    assert!(shown.contains("port-forward"), "the -R refusal is recorded");
+}
+
+#[test]
+fn upstream_host_key_must_match_the_pin() {
+    require_root!();
+    let server = SshServer::start().expect("sshd");
+    // A key that is not the server's.
+    let other = SshServer::start().expect("second sshd");
+    let d = Daemon::start(ssh_setup(
+        &server,
+        "ssh-readonly",
+        Some(&other.host_key),
+        "",
+    ));
+    vault_set(&d, "host-key", "ssh-key", &server.client_key());
+    let a = agent_ssh(&d);
+    let out = agent_ssh_run(&d, &a, &["host", "uptime"]);
+    assert!(
+        !out.status.success(),
+        "mismatch must refuse: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("does not match the pinned one"),
+        "the agent is told why: {}",
+        text(&out)
+    );
+    drop(d);
+
+    // No pin: refused until `cordon ssh-trust` records the key.
+    let d = Daemon::start(ssh_setup(&server, "ssh-readonly", None, ""));
+    vault_set(&d, "host-key", "ssh-key", &server.client_key());
+    let a = agent_ssh(&d);
+    let out = agent_ssh_run(&d, &a, &["host", "uptime"]);
+    assert!(
+        !out.status.success(),
+        "unpinned must refuse: {}",
+        text(&out)
+    );
+    assert!(text(&out).contains("ssh-trust"), "{}", text(&out));
+    let trust = d.cordon_output(&["ssh-trust", "host"]);
+    assert!(trust.status.success(), "ssh-trust: {}", text(&trust));
+    assert!(
+        String::from_utf8_lossy(&trust.stdout).contains("SHA256:"),
+        "ssh-trust prints the fingerprint: {}",
+        text(&trust)
+    );
+    let out = agent_ssh_run(&d, &a, &["host", "uptime"]);
+    assert!(out.status.success(), "after ssh-trust: {}", text(&out));
+}
+
+#[test]
+fn password_and_rsa_credentials_and_malformed_input() {
+    require_root!();
+    let server = SshServer::start().expect("sshd");
+    let d = Daemon::start(ssh_setup(
+        &server,
+        "ssh-readonly",
+        Some(&server.host_key),
+        "",
+    ));
+    let a = agent_ssh(&d);
+    vault_set(&d, "host-key", "password", TEST_PASSWORD);
+    let out = agent_ssh_run(&d, &a, &["host", "uptime"]);
+    assert!(out.status.success(), "password login: {}", text(&out));
+    assert!(!text(&out).contains(TEST_PASSWORD));
+    vault_set(&d, "host-key", "ssh-key", &server.client_rsa_key());
+    let out = agent_ssh_run(&d, &a, &["host", "uptime"]);
+    assert!(out.status.success(), "rsa login: {}", text(&out));
+
+    // Garbage after a valid banner ends only that session.
+    let garbage = d.probe(
+        "bot",
+        cordon_tests::As::Nobody,
+        &cordon_tests::strs(&cordon_tests::tcp_args(
+            &server.address(),
+            "SSH-2.0-evil\r\n\u{1}\u{2}\u{3}\u{ff}garbage-that-is-not-a-packet",
+        )),
+    );
+    println!("garbage probe: {garbage}");
+    let out = agent_ssh_run(&d, &a, &["host", "uptime"]);
+    assert!(
+        out.status.success(),
+        "the daemon still serves after malformed input: {}\n{}",
+        text(&out),
+        d.context()
+    );
+}
