@@ -288,9 +288,10 @@ fn interactive_shell_is_recorded_and_replayed_byte_for_byte() {
     let mut child = cmd.spawn().expect("spawn ssh -tt");
     let mut stdin = child.stdin.take().expect("stdin");
     let script = [
-        "echo cordon-shell-$((40+2))\r".to_owned(),
-        "echo cordon-second-line\r".to_owned(),
+        "echo cordon-first-line\r".to_owned(),
         format!("touch {}\r", marker.display()),
+        "echo cordon-$((40+2))\r".to_owned(),
+        "echo cordon-second-line\r".to_owned(),
         "exit\r".to_owned(),
     ];
     std::thread::spawn(move || {
@@ -312,8 +313,16 @@ fn interactive_shell_is_recorded_and_replayed_byte_for_byte() {
     );
     assert!(!marker.exists(), "a denied typed line ran");
     assert!(
-        shown.contains("cordon: denied by"),
+        shown.contains("cordon: denied by ssh-ops/default"),
         "the denied line is explained in the terminal: {shown}"
+    );
+    assert!(
+        shown.contains("cordon: denied by builtin/arithmetic"),
+        "a line the parser cannot decide is refused: {shown}"
+    );
+    assert!(
+        !shown.contains("cordon-42"),
+        "the refused line ran: {shown}"
     );
 
     let session = last_ssh_session(&d);

@@ -23,7 +23,8 @@ pub fn run(kind: &str) -> Result<()> {
     match kind {
         "connect" => connect(),
         "postgres" => crate::bench_pg::run(),
-        other => bail!("unknown benchmark `{other}` (available: connect, postgres)"),
+        "ssh" => crate::bench_ssh::run_bench(),
+        other => bail!("unknown benchmark `{other}` (available: connect, postgres, ssh)"),
     }
 }
 

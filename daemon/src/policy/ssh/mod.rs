@@ -147,6 +147,7 @@ const MAX_PATH: usize = 4096;
 
 impl SshPolicy {
     /// The policy's name (its file name without `.toml`).
+    #[allow(dead_code)] // API for the gateway's logs; the decisions already carry it in `rule`.
     pub fn name(&self) -> &str {
         &self.name
     }

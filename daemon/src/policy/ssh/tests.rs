@@ -655,7 +655,7 @@ fn reasons_name_the_part_and_the_rule() {
 
 #[test]
 fn shipped_policies_parse() {
-    for (path, name, rules) in [(READONLY, "ssh-readonly", 3), (OPS, "ssh-ops", 6)] {
+    for (path, name, rules) in [(READONLY, "ssh-readonly", 3), (OPS, "ssh-ops", 7)] {
         let p = shipped(path);
         assert_eq!(p.name(), name);
         assert_eq!(p.rule_count(), rules, "{name}");
