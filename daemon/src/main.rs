@@ -1,5 +1,6 @@
 //! `cordon`: parse the command line, set up tracing, dispatch to `cli/`.
 
+mod approvals;
 mod audit;
 mod capture;
 mod cli;
@@ -143,6 +144,96 @@ enum Command {
         #[command(subcommand)]
         command: VaultCommand,
     },
+    /// Ask for a just-in-time grant; it goes live once reviewers approve it.
+    /// Needs `cordon login` (or root).
+    Request {
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        resource: String,
+        /// What the grant allows, mapped onto the resource's policy
+        /// (comma-separated; default read).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        actions: Vec<grants::GrantAction>,
+        /// How long the grant lives once approved: 90s, 30m, 1h30m, 2d.
+        #[arg(long, value_parser = cli::request::parse_ttl)]
+        ttl: std::time::Duration,
+        /// Why; reviewers judge the request by it.
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pending grant requests and held commands you may decide.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
+    /// Approve a grant request (g...) or a held command (h...).
+    Approve {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deny a grant request (g...) or a held command (h...).
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Static and just-in-time grants.
+    Grants {
+        #[command(subcommand)]
+        command: GrantsCommand,
+    },
+    /// Audit events: requests, approvals, denials, expiries, revocations,
+    /// held commands.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// Pending grant requests and held commands (with their full text).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum GrantsCommand {
+    /// Static grants and every just-in-time grant with its state.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a live just-in-time grant and cut the sessions it admitted.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Events, newest first.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Only events about this grant, held command or session.
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -256,6 +347,32 @@ fn main() -> ExitCode {
             VaultCommand::Set { name, kind } => cli::vault::set(&config, &name, kind.into()),
             VaultCommand::List { json } => cli::vault::list(&config, json),
             VaultCommand::Rm { name } => cli::vault::rm(&config, &name),
+        },
+        Command::Request {
+            agent,
+            resource,
+            actions,
+            ttl,
+            reason,
+            json,
+        } => cli::request::run(&config, &agent, &resource, actions, ttl, &reason, json),
+        Command::Approvals { command } => match command {
+            ApprovalsCommand::List { json } => cli::approvals::list(&config, json),
+        },
+        Command::Approve { id, json } => cli::approvals::approve(&config, &id, json),
+        Command::Deny { id, reason, json } => cli::approvals::deny(&config, &id, &reason, json),
+        Command::Grants { command } => match command {
+            GrantsCommand::List { json } => cli::grants::list(&config, json),
+            GrantsCommand::Revoke { id, reason, json } => {
+                cli::grants::revoke(&config, &id, &reason, json)
+            }
+        },
+        Command::Audit { command } => match command {
+            AuditCommand::List {
+                limit,
+                target,
+                json,
+            } => cli::audit::list(&config, limit, target, json),
         },
     };
     match result {

@@ -650,3 +650,90 @@ fn password_and_rsa_credentials_and_malformed_input() {
         d.context()
     );
 }
+
+#[test]
+fn recording_survives_sigkill_of_the_daemon() {
+    require_root!();
+    let (_server, mut d, a) = start("ssh-ops");
+    let mut cmd = agent_ssh_cmd(&d, &a, &["-tt", "host"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn ssh -tt");
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::thread::sleep(Duration::from_millis(1500));
+    stdin.write_all(b"echo cordon-before-kill\r").expect("type");
+    stdin.flush().expect("flush");
+    // More than the one second the recording may lose.
+    std::thread::sleep(Duration::from_millis(2000));
+    d.kill9();
+    let _ = child.kill();
+    let _ = child.wait();
+    d.restart();
+    let all = d.sessions();
+    let id = all
+        .iter()
+        .find(|s| s["protocol"] == "ssh" && s["verdict"] == "allow")
+        .and_then(|s| s["id"].as_str())
+        .expect("the ssh session is in the store after SIGKILL")
+        .to_owned();
+    let out = d.cordon_output(&["replay", &id, "--no-wait"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("cordon-before-kill"),
+        "output recorded before the kill is replayed: {}",
+        text(&out)
+    );
+    drop(stdin);
+}
+
+#[test]
+fn agent_forwarding_is_refused_and_recorded() {
+    require_root!();
+    let server = SshServer::start().expect("sshd");
+    let sock_dir = tempfile::Builder::new()
+        .prefix("cordon-agent-")
+        .tempdir()
+        .expect("tempdir");
+    fs::set_permissions(
+        sock_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    let sock = sock_dir.path().join("agent.sock");
+    // The agent's own ssh-agent (as nobody, outside the cgroup), allowed by the unix list.
+    let mut agent = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["ssh-agent", "-D", "-a"])
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ssh-agent");
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let setup = ssh_setup(&server, "ssh-ops", Some(&server.host_key), "")
+        .unix_allow(&sock.display().to_string());
+    let d = Daemon::start(setup);
+    vault_set(&d, "host-key", "ssh-key", &server.client_key());
+    let a = agent_ssh(&d);
+    let mut cmd = agent_ssh_cmd(&d, &a, &["-A", "host", "true"]);
+    cmd.env("SSH_AUTH_SOCK", &sock);
+    let out = run_with_limit(&mut cmd, LIMIT);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(
+        out.status.success(),
+        "the command itself runs: {}",
+        text(&out)
+    );
+    let session = last_ssh_session(&d);
+    let shown = session.to_string();
+    assert!(
+        shown.contains("agent-forward") && shown.contains("builtin/agent-forwarding"),
+        "the refused agent forwarding is recorded: {shown}"
+    );
+}

@@ -9,6 +9,7 @@
 //! start, leftover journals are replayed into sled. A power loss can lose at
 //! most the last checkpoint interval.
 
+pub mod events;
 pub mod recording;
 pub mod statements;
 
@@ -138,6 +139,15 @@ pub struct Session {
     pub bytes_down: u64,
     /// How the session ended, and which side ended it.
     pub end_reason: Option<String>,
+    /// The human on whose behalf the agent acts: the OIDC subject that
+    /// launched it (`cordon run` with a login), else the approver of the
+    /// just-in-time grant that admitted it, else the local uid that
+    /// launched it (`uid:N`). None: unknown (e.g. a pinned service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
+    /// The just-in-time grant that admitted the session (None: a static grant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
 }
 
 struct Journal {
@@ -415,6 +425,8 @@ mod tests {
             bytes_up: 0,
             bytes_down: 0,
             end_reason: None,
+            on_behalf_of: None,
+            grant: None,
         }
     }
 

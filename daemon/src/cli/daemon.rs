@@ -175,6 +175,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         active: Default::default(),
         slots: proxy::Slots::new(&config),
     };
+    let live = crate::grants::LiveSessions::default();
+    let approvals = Arc::new(
+        crate::approvals::Approvals::open(&config, audit.clone(), live.clone())
+            .context("opening the approvals and grants store")?,
+    );
     let gw = Arc::new(Gateway {
         config,
         capture: RwLock::new(capture),
@@ -186,7 +191,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         stats,
         pipes: proxy::splice::PipePool::default(),
         deferred: audit.deferred(),
+        live,
+        approvals: approvals.clone(),
     });
+    tokio::spawn(crate::approvals::run_expiry(approvals));
     for listener in listeners {
         tokio::spawn(proxy::serve(gw.clone(), listener));
     }

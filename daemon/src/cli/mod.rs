@@ -1,12 +1,16 @@
 //! One file per subcommand. Everything but `daemon` talks to a running
 //! daemon over its control socket.
 
+pub mod approvals;
+pub mod audit;
 pub mod daemon;
 pub mod export;
+pub mod grants;
 pub mod login;
 pub mod pin;
 pub mod policy;
 pub mod replay;
+pub mod request;
 pub mod run;
 pub mod sessions;
 pub mod ssh;

@@ -13,23 +13,37 @@
 //! 3. no_new_privs (set by both).
 //!
 //! Both apply to the calling thread only, so this process must be (and is:
-//! the CLI starts no runtime) single-threaded here; it checks.
+//! the CLI starts no runtime but a short-lived one to refresh a login)
+//! single-threaded here; it checks.
+//!
+//! With `[identity.oidc]` and a `cordon login` (or `CORDON_ID_TOKEN`), the
+//! join carries the ID token: the daemon records the verified human as the
+//! one on whose behalf the agent's sessions run.
 
 use std::{ffi::OsString, fs, os::unix::process::CommandExt as _, path::Path, process::Command};
 
 use anyhow::{bail, Context as _};
 
 use crate::capture::{landlock, seccomp};
-use crate::control::{Joined, Request};
+use crate::config::Config;
+use crate::control::{Joined, Request, WireSecret};
+use crate::vault::Secret;
 
 pub fn run(config: &Path, agent: &str, command: &[OsString]) -> anyhow::Result<()> {
     let Some((program, args)) = command.split_first() else {
         bail!("no command given: use `cordon run --agent NAME -- CMD [ARGS...]`");
     };
+    let cfg = Config::load(config).context("loading config to find the daemon")?;
+    let id_token = if cfg.oidc.is_some() {
+        super::login::current_id_token(&cfg).map(|t| WireSecret(Secret::new(t.into_bytes())))
+    } else {
+        None
+    };
     let joined: Joined = super::call_typed(
         config,
         &Request::Join {
             agent: agent.to_owned(),
+            id_token,
         },
     )?;
     ensure_single_threaded()?;
@@ -52,9 +66,18 @@ pub fn run(config: &Path, agent: &str, command: &[OsString]) -> anyhow::Result<(
 /// Landlock and seccomp confine only the calling thread: refuse to go on if
 /// anything started a second one.
 fn ensure_single_threaded() -> anyhow::Result<()> {
-    let threads = fs::read_dir("/proc/self/task")
-        .context("counting this process's threads in /proc/self/task")?
-        .count();
+    // A runtime that refreshed the login has been dropped (its threads
+    // joined); give the kernel a moment to remove their task entries.
+    let mut threads = 0;
+    for _ in 0..50 {
+        threads = fs::read_dir("/proc/self/task")
+            .context("counting this process's threads in /proc/self/task")?
+            .count();
+        if threads == 1 {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     if threads != 1 {
         bail!("internal error: `cordon run` has {threads} threads; it must confine a single one");
     }

@@ -97,6 +97,10 @@ pub fn show(config: &Path, id: &str, json: bool) -> anyhow::Result<()> {
     println!("ended        {}", opt(&s.ended_at));
     println!("bytes        {} up, {} down", s.bytes_up, s.bytes_down);
     println!("end          {}", opt(&s.end_reason));
+    println!("on behalf of {}", opt(&s.on_behalf_of));
+    if let Some(g) = &s.grant {
+        println!("grant        {} (just in time)", escape(g));
+    }
     if !stmts.is_empty() {
         println!("statements   {}", stmts.len());
         println!(

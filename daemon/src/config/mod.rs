@@ -3,6 +3,7 @@
 //! Unknown keys are rejected and every error names the file, the key and what
 //! was expected.
 
+pub mod approval;
 pub mod oidc;
 
 use std::{
@@ -51,6 +52,7 @@ struct RawConfig {
     #[serde(default)]
     grant: Vec<RawGrant>,
     identity: Option<oidc::RawIdentity>,
+    approvals: Option<approval::RawApprovals>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,6 +148,15 @@ struct RawResource {
     /// record the key first.
     #[serde(default)]
     host_keys: Vec<String>,
+    /// Groups that review grant requests and held commands for this
+    /// resource (see `approval`).
+    approvers: Option<Vec<String>>,
+    /// Distinct approvals a grant request needs.
+    approvals_required: Option<u64>,
+    /// Longest just-in-time grant, e.g. "1h".
+    max_ttl: Option<String>,
+    /// Policy per grant action: `{ read = "pg-readonly", admin = "pg-dba" }`.
+    actions: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +183,8 @@ pub struct Config {
     pub grants: Vec<Grant>,
     /// `[identity.oidc]`, if humans log in with OpenID Connect.
     pub oidc: Option<oidc::Oidc>,
+    /// `[approvals]`: held commands, grant requests, notifications.
+    pub approvals: approval::Approvals,
 }
 
 #[derive(Debug, Clone)]
@@ -262,6 +275,8 @@ pub struct Resource {
     pub postgres: Option<PostgresResource>,
     /// Set for `protocol = "ssh"`.
     pub ssh: Option<SshResource>,
+    /// Who reviews just-in-time grants and held commands, and what grants may hold.
+    pub approval: approval::ResourceApproval,
 }
 
 /// What the ssh handler needs to know about one host.
@@ -590,12 +605,25 @@ impl Config {
                 Protocol::Ssh => Some(ssh_resource(&r, i, &daemon.policy_dir, &invalid)?),
                 _ => None,
             };
+            let approval = approval::parse_resource(
+                approval::RawResourceApproval {
+                    approvers: r.approvers.as_ref(),
+                    approvals_required: r.approvals_required,
+                    max_ttl: r.max_ttl.as_deref(),
+                    actions: r.actions.as_ref(),
+                },
+                i,
+                protocol,
+                &daemon.policy_dir,
+            )
+            .map_err(|(key, problem)| invalid(key, problem))?;
             resources.push(Resource {
                 name: r.name,
                 protocol,
                 address,
                 postgres,
                 ssh,
+                approval,
             });
         }
 
@@ -680,6 +708,8 @@ impl Config {
             resources,
             grants,
             oidc: oidc::parse(raw.identity).map_err(|(key, problem)| invalid(key, problem))?,
+            approvals: approval::parse_approvals(raw.approvals)
+                .map_err(|(key, problem)| invalid(key, problem))?,
         })
     }
 

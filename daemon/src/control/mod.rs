@@ -10,6 +10,7 @@
 //! a cap is answered at once with a `busy` error (clients retry) and closed.
 
 pub mod client;
+pub mod humans;
 pub mod ssh;
 
 use std::{
@@ -80,9 +81,13 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         without_data: bool,
     },
-    /// Move the calling process into an agent's cgroup.
+    /// Move the calling process into an agent's cgroup. With `id_token`
+    /// (the caller's login), the verified human is remembered as the one on
+    /// whose behalf the agent's sessions run.
     Join {
         agent: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id_token: Option<WireSecret>,
     },
     /// Pin an existing cgroup as an agent's.
     Pin {
@@ -115,6 +120,57 @@ pub enum Request {
         resource: String,
         #[serde(default)]
         replace: bool,
+    },
+    /// Ask for a just-in-time grant (`grants::jit::JitGrant` reply).
+    GrantRequest {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id_token: Option<WireSecret>,
+        agent: String,
+        resource: String,
+        #[serde(default)]
+        actions: Vec<crate::grants::GrantAction>,
+        ttl_secs: u64,
+        reason: String,
+    },
+    /// Pending grant requests and held commands the caller may decide
+    /// (`approvals::PendingList`).
+    ApprovalsList {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id_token: Option<WireSecret>,
+    },
+    /// Approve a grant request (`g…`) or a held command (`h…`).
+    Approve {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id_token: Option<WireSecret>,
+        id: String,
+    },
+    /// Deny a grant request or a held command.
+    Deny {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id_token: Option<WireSecret>,
+        id: String,
+        reason: String,
+    },
+    /// Static and just-in-time grants (`approvals::GrantsList`).
+    GrantsList {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id_token: Option<WireSecret>,
+    },
+    /// End a live just-in-time grant and the sessions it admitted.
+    GrantsRevoke {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id_token: Option<WireSecret>,
+        id: String,
+        reason: String,
+    },
+    /// Audit events, newest first (`humans::AuditPage`).
+    AuditList {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id_token: Option<WireSecret>,
+        limit: usize,
+        /// Only events about this grant, held command or session.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
     },
 }
 
@@ -430,6 +486,19 @@ async fn handle(
                     Request::WhoAmI { id_token } => {
                         whoami(oidc.as_deref(), &caller, id_token).await
                     }
+                    Request::Join { agent, id_token } => {
+                        humans::join(&gw, oidc.as_deref(), &caller, &agent, id_token.as_ref())
+                            .await
+                    }
+                    req @ (Request::GrantRequest { .. }
+                    | Request::ApprovalsList { .. }
+                    | Request::Approve { .. }
+                    | Request::Deny { .. }
+                    | Request::GrantsList { .. }
+                    | Request::GrantsRevoke { .. }
+                    | Request::AuditList { .. }) => {
+                        humans::handle(&gw, oidc.as_deref(), &caller, req).await
+                    }
                     Request::SshTrust { resource, replace } => match require_root(&caller) {
                         Ok(()) => ssh::ssh_trust(&gw, &resource, replace)
                             .await
@@ -662,7 +731,7 @@ fn dispatch(gw: &Arc<Gateway>, caller: &Caller, req: Request) -> Response {
                 Err(e) => Err(Response::err(e.to_string())),
             }
         }),
-        Request::Join { agent } => join(gw, caller, &agent),
+        Request::Join { agent, .. } => join(gw, caller, &agent),
         Request::Pin { agent, cgroup } => {
             require_root(caller).and_then(|()| pin(gw, &agent, &cgroup))
         }
@@ -680,6 +749,14 @@ fn dispatch(gw: &Arc<Gateway>, caller: &Caller, req: Request) -> Response {
         Request::WhoAmI { .. } => Err(Response::err("who_am_i is not dispatched here")),
         Request::SshConfig { agent } => ssh::ssh_config(gw, &agent),
         Request::SshTrust { .. } => Err(Response::err("ssh_trust is not dispatched here")),
+        // Need to await the identity provider: answered in `humans`.
+        Request::GrantRequest { .. }
+        | Request::ApprovalsList { .. }
+        | Request::Approve { .. }
+        | Request::Deny { .. }
+        | Request::GrantsList { .. }
+        | Request::GrantsRevoke { .. }
+        | Request::AuditList { .. } => Err(Response::err("not dispatched here")),
     };
     result.unwrap_or_else(|e| e)
 }

@@ -1,9 +1,32 @@
 //! Grants: (agent, resource, expiry) checked for every captured connection,
 //! after identity and resource resolution and before any upstream traffic.
+//! Static grants come from the config; just-in-time grants ([`jit`]) from
+//! humans, through `cordon request` and `cordon approve`.
+//!
+//! When both kinds are live for an agent on a resource, the just-in-time one
+//! decides (it is the access humans approved most recently): among those,
+//! the one with the highest action (admin > write > read), then the
+//! latest-expiring. Just-in-time grants carry no role/database/login pins.
+//!
+//! A session admitted by a grant holds a [`Cutoff`] from [`LiveSessions`]:
+//! it fires when the grant expires or is revoked, and the protocol handler
+//! then ends the session at once, even mid-statement.
+
+pub mod jit;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use time::OffsetDateTime;
+use tokio::sync::watch;
 
-use crate::config::{AgentName, Config};
+pub use crate::config::approval::{ActionPolicy, GrantAction};
+use crate::{
+    audit::SessionId,
+    config::{AgentName, Config},
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GrantDenial {
@@ -24,20 +47,125 @@ pub enum GrantDenial {
         pinned: String,
     },
 }
-
-/// A live grant: the session it authorizes must end by `expires`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A live grant: the session it authorizes must end by `expires` (or when
+/// the grant is revoked: see [`LiveSessions`]).
+#[derive(Debug, Clone)]
 pub struct LiveGrant {
     pub expires: OffsetDateTime,
+    /// The just-in-time grant's id; None for a static grant.
+    pub id: Option<String>,
+    /// What a just-in-time grant allows (empty for a static grant).
+    pub actions: Vec<GrantAction>,
+    /// The policy the session must apply instead of the resource's own
+    /// `policy` (a just-in-time grant whose highest action the resource's
+    /// `actions` maps to a policy). None: the resource's `policy`.
+    pub policy: Option<ActionPolicy>,
+    /// Whose approval made the just-in-time grant live.
+    pub approved_by: Option<String>,
 }
 
-/// The latest-expiring grant for `agent` on `resource` that is live at `now`.
+impl LiveGrant {
+    fn fixed(expires: OffsetDateTime) -> LiveGrant {
+        LiveGrant {
+            expires,
+            id: None,
+            actions: Vec::new(),
+            policy: None,
+            approved_by: None,
+        }
+    }
+
+    /// The SQL policy a postgres session under this grant applies.
+    #[allow(dead_code)] // until the postgres handler applies it (lead)
+    pub fn postgres_policy(
+        &self,
+        resource_policy: &Arc<crate::policy::Policy>,
+    ) -> Arc<crate::policy::Policy> {
+        self.policy
+            .as_ref()
+            .and_then(|p| p.postgres.clone())
+            .unwrap_or_else(|| resource_policy.clone())
+    }
+
+    /// The command policy an ssh session under this grant applies.
+    #[allow(dead_code)] // until the ssh handler applies it (lead)
+    pub fn ssh_policy(
+        &self,
+        resource_policy: &Arc<crate::policy::ssh::SshPolicy>,
+    ) -> Arc<crate::policy::ssh::SshPolicy> {
+        self.policy
+            .as_ref()
+            .and_then(|p| p.ssh.clone())
+            .unwrap_or_else(|| resource_policy.clone())
+    }
+
+    /// For session records: what admitted the session.
+    pub fn describe(&self, agent: &AgentName, resource: &str) -> String {
+        match &self.id {
+            Some(id) => {
+                let actions: Vec<&str> = self.actions.iter().map(|a| a.as_str()).collect();
+                let policy = self
+                    .policy
+                    .as_ref()
+                    .map(|p| format!(", policy {}", p.name))
+                    .unwrap_or_default();
+                format!(
+                    "just-in-time grant {id} for `{agent}` on `{resource}` ({}{policy}) until {}",
+                    actions.join(","),
+                    crate::rfc3339(self.expires)
+                )
+            }
+            None => format!(
+                "grant for `{agent}` on `{resource}` until {}",
+                crate::rfc3339(self.expires)
+            ),
+        }
+    }
+}
+
+/// The live just-in-time grant that decides for `agent` on `resource`, if
+/// any (see the module documentation).
+fn best_jit(
+    config: &Config,
+    jit: &jit::Active,
+    agent: &AgentName,
+    resource: &str,
+    now: OffsetDateTime,
+) -> Option<LiveGrant> {
+    let best = jit
+        .live(agent.as_str(), resource, now)
+        .into_iter()
+        .max_by_key(|g| (g.actions.iter().max().copied(), g.expires))?;
+    let top = best.actions.iter().max().copied();
+    let policy = config
+        .resources
+        .iter()
+        .find(|r| r.name == resource)
+        .and_then(|r| r.approval.actions.as_ref())
+        .and_then(|map| top.and_then(|a| map.get(&a)))
+        .cloned();
+    Some(LiveGrant {
+        expires: best.expires,
+        id: Some(best.id),
+        actions: best.actions,
+        policy,
+        approved_by: best.approved_by,
+    })
+}
+
+/// The grant that admits `agent` on `resource` at `now`: a live
+/// just-in-time grant (see the module documentation), else the
+/// latest-expiring live static grant.
 pub fn check(
     config: &Config,
+    jit: &jit::Active,
     agent: &AgentName,
     resource: &str,
     now: OffsetDateTime,
 ) -> Result<LiveGrant, GrantDenial> {
+    if let Some(g) = best_jit(config, jit, agent, resource, now) {
+        return Ok(g);
+    }
     let mut matching = config
         .grants
         .iter()
@@ -57,21 +185,26 @@ pub fn check(
             expired: crate::rfc3339(latest),
         });
     }
-    Ok(LiveGrant { expires: latest })
+    Ok(LiveGrant::fixed(latest))
 }
 
-/// For postgres sessions: the latest-expiring live grant for `agent` on
-/// `resource` whose pins (role, database), where set, are the role and
-/// database the agent asked for.
+/// For postgres sessions: a live just-in-time grant (no pins), else the
+/// latest-expiring live static grant for `agent` on `resource` whose pins
+/// (role, database), where set, are the role and database the agent asked
+/// for.
 pub fn check_database(
     config: &Config,
+    jit: &jit::Active,
     agent: &AgentName,
     resource: &str,
     role: &str,
     database: &str,
     now: OffsetDateTime,
 ) -> Result<LiveGrant, GrantDenial> {
-    check(config, agent, resource, now)?;
+    let first = check(config, jit, agent, resource, now)?;
+    if first.id.is_some() {
+        return Ok(first);
+    }
     let live = config
         .grants
         .iter()
@@ -81,7 +214,7 @@ pub fn check_database(
             && g.database.as_deref().is_none_or(|d| d == database)
     };
     match live.clone().filter(fits).map(|g| g.expires).max() {
-        Some(expires) => Ok(LiveGrant { expires }),
+        Some(expires) => Ok(LiveGrant::fixed(expires)),
         None => {
             let allowed: Vec<String> = live
                 .map(|g| {
@@ -102,17 +235,21 @@ pub fn check_database(
     }
 }
 
-/// For ssh sessions: the latest-expiring live grant for `agent` on
-/// `resource` whose `login` pin, where set, is the user name the agent asked
-/// for.
+/// For ssh sessions: a live just-in-time grant (no pins), else the
+/// latest-expiring live static grant for `agent` on `resource` whose
+/// `login` pin, where set, is the user name the agent asked for.
 pub fn check_login(
     config: &Config,
+    jit: &jit::Active,
     agent: &AgentName,
     resource: &str,
     login: &str,
     now: OffsetDateTime,
 ) -> Result<LiveGrant, GrantDenial> {
-    check(config, agent, resource, now)?;
+    let first = check(config, jit, agent, resource, now)?;
+    if first.id.is_some() {
+        return Ok(first);
+    }
     let live = config
         .grants
         .iter()
@@ -123,7 +260,7 @@ pub fn check_login(
         .map(|g| g.expires)
         .max()
     {
-        Some(expires) => Ok(LiveGrant { expires }),
+        Some(expires) => Ok(LiveGrant::fixed(expires)),
         None => {
             let allowed: Vec<&str> = live.filter_map(|g| g.login.as_deref()).collect();
             Err(GrantDenial::Pinned {
@@ -133,6 +270,197 @@ pub fn check_login(
                 pinned: format!(" (granted: {})", allowed.join(", ")),
             })
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// live sessions and their cutoffs
+
+/// The sessions each just-in-time grant admitted, so that a revocation (or
+/// expiry) can end them. Cheap to clone; shared by the proxy and the
+/// approvals hub.
+#[derive(Clone, Default)]
+pub struct LiveSessions {
+    inner: Arc<Mutex<LiveInner>>,
+}
+
+#[derive(Default)]
+struct LiveInner {
+    /// grant id -> session -> where its cutoff listens.
+    by_grant: HashMap<String, HashMap<SessionId, watch::Sender<Option<String>>>>,
+    /// Grants revoked (or expired) so far, and why: a session registered
+    /// after the fact is cut at once.
+    ended: HashMap<String, String>,
+}
+
+impl LiveSessions {
+    /// Registers `session` under `grant`; the returned cutoff fires on the
+    /// grant's expiry or revocation. Dropping the cutoff unregisters it.
+    pub fn register(&self, grant: &LiveGrant, session: SessionId) -> Cutoff {
+        let what = match &grant.id {
+            Some(id) => format!("just-in-time grant {id}"),
+            None => "grant".to_owned(),
+        };
+        let mut cutoff = Cutoff {
+            expires: grant.expires,
+            what,
+            revoked: None,
+            _registration: None,
+        };
+        let Some(id) = &grant.id else {
+            return cutoff;
+        };
+        let Ok(mut inner) = self.inner.lock() else {
+            // Fail closed: a session whose revocation could not reach it
+            // does not start.
+            let (_tx, rx) = watch::channel(Some(format!(
+                "{} cannot be watched for revocation (internal error)",
+                cutoff.what
+            )));
+            cutoff.revoked = Some(rx);
+            return cutoff;
+        };
+        let (tx, rx) = watch::channel(inner.ended.get(id).cloned());
+        inner
+            .by_grant
+            .entry(id.clone())
+            .or_default()
+            .insert(session, tx);
+        cutoff.revoked = Some(rx);
+        cutoff._registration = Some(Registration {
+            live: self.clone(),
+            grant: id.clone(),
+            session,
+        });
+        cutoff
+    }
+
+    /// Fires the cutoff of every session `grant_id` admitted, with `why`,
+    /// and of any registered later. Returns how many sessions were cut.
+    pub fn revoke(&self, grant_id: &str, why: String) -> usize {
+        let Ok(mut inner) = self.inner.lock() else {
+            return 0;
+        };
+        inner.ended.insert(grant_id.to_owned(), why.clone());
+        let Some(sessions) = inner.by_grant.get(grant_id) else {
+            return 0;
+        };
+        let mut cut = 0;
+        for tx in sessions.values() {
+            tx.send_replace(Some(why.clone()));
+            cut += 1;
+        }
+        cut
+    }
+
+    /// The sessions `grant_id` admitted that are still open.
+    pub fn sessions_of(&self, grant_id: &str) -> Vec<SessionId> {
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|inner| {
+                inner
+                    .by_grant
+                    .get(grant_id)
+                    .map(|m| m.keys().copied().collect())
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Removes a session from [`LiveSessions`] when its cutoff is dropped.
+struct Registration {
+    live: LiveSessions,
+    grant: String,
+    session: SessionId,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let Ok(mut inner) = self.live.inner.lock() else {
+            return;
+        };
+        if let Some(sessions) = inner.by_grant.get_mut(&self.grant) {
+            sessions.remove(&self.session);
+            if sessions.is_empty() {
+                inner.by_grant.remove(&self.grant);
+            }
+        }
+    }
+}
+
+/// When one session must end: its grant's expiry or revocation. Held by the
+/// protocol handler for the life of the session.
+pub struct Cutoff {
+    expires: OffsetDateTime,
+    /// "grant" or "just-in-time grant g…", for the reason.
+    what: String,
+    /// Some(reason) once the grant is revoked (just-in-time grants only).
+    revoked: Option<watch::Receiver<Option<String>>>,
+    _registration: Option<Registration>,
+}
+
+impl Cutoff {
+    /// Resolves when the session must end now, with why (the grant expired,
+    /// or was revoked and by whom). Cancel-safe, and once fired it resolves
+    /// at once on every later call, so it can sit in a `select!` loop.
+    #[allow(dead_code)] // until the protocol handlers select on it (lead)
+    pub async fn fired(&mut self) -> String {
+        let expires = self.expires;
+        let what = self.what.clone();
+        let expiry = async move {
+            let left = expires - OffsetDateTime::now_utc();
+            if left.is_positive() {
+                match tokio::time::Instant::now().checked_add(left.unsigned_abs()) {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            format!("the {what} expired at {}", crate::rfc3339(expires))
+        };
+        match self.revoked.as_mut() {
+            None => expiry.await,
+            Some(rx) => {
+                let revoked = async move {
+                    loop {
+                        if let Some(why) = rx.borrow_and_update().clone() {
+                            return why;
+                        }
+                        if rx.changed().await.is_err() {
+                            // The registry is gone: only the expiry remains.
+                            return std::future::pending::<String>().await;
+                        }
+                    }
+                };
+                tokio::select! {
+                    why = expiry => why,
+                    why = revoked => why,
+                }
+            }
+        }
+    }
+
+    /// Why the session must already have ended, if it must (no waiting).
+    pub fn check(&self) -> Option<String> {
+        if let Some(why) = self.revoked.as_ref().and_then(|rx| rx.borrow().clone()) {
+            return Some(why);
+        }
+        (self.expires <= OffsetDateTime::now_utc()).then(|| {
+            format!(
+                "the {} expired at {}",
+                self.what,
+                crate::rfc3339(self.expires)
+            )
+        })
+    }
+}
+
+impl std::fmt::Debug for Cutoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cutoff")
+            .field("expires", &self.expires)
+            .field("what", &self.what)
+            .finish_non_exhaustive()
     }
 }
 

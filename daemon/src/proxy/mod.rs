@@ -239,6 +239,10 @@ pub struct Gateway {
     pub pipes: splice::PipePool,
     /// Session-end records, written off the proxy thread.
     pub deferred: audit::Deferred,
+    /// Sessions per just-in-time grant, so revocation and expiry end them.
+    pub live: grants::LiveSessions,
+    /// Held commands, grant requests and their decisions.
+    pub approvals: Arc<crate::approvals::Approvals>,
 }
 
 /// Binds the proxy on the configured IPv4 address and on `[::1]`, same port,
@@ -304,6 +308,11 @@ pub struct SessionCtx {
     pub admitted: Admitted,
     /// When the grant that admitted this session runs out.
     pub deadline: tokio::time::Instant,
+    /// Fires when the grant that admitted this session expires or is
+    /// revoked: the handler must then end the session at once (even
+    /// mid-statement), with the reason it gives. Hold it for the whole
+    /// session (dropping it unregisters the session).
+    pub cutoff: grants::Cutoff,
 }
 
 async fn handle(gw: Arc<Gateway>, stream: TcpStream, peer: SocketAddr) {
@@ -350,12 +359,21 @@ async fn handle(gw: Arc<Gateway>, stream: TcpStream, peer: SocketAddr) {
             Err(refusal) => return refuse(&gw, stream, record, refusal.reason),
         };
         record.verdict = Verdict::Allow;
-        record.reason = format!(
-            "grant for `{}` on `{}` until {}",
-            admitted.principal.agent,
-            admitted.resource.name,
-            crate::rfc3339(admitted.grant.expires)
+        record.reason = admitted
+            .grant
+            .describe(&admitted.principal.agent, &admitted.resource.name);
+        record.grant = admitted.grant.id.clone();
+        record.on_behalf_of = gw.approvals.on_behalf_of(
+            attested.tgid,
+            admitted.principal.agent.as_str(),
+            &admitted.grant,
         );
+        // Registered before the session is recorded: a revocation from now
+        // on reaches it (and one that came first refuses it here).
+        let cutoff = gw.live.register(&admitted.grant, id);
+        if let Some(why) = cutoff.check() {
+            return refuse(&gw, stream, record, why);
+        }
         // The upstream handshake runs while the session is recorded; no
         // agent byte reaches the upstream before the record is durable.
         let upstream = tcp::start_connect(admitted.resource.address);
@@ -372,6 +390,7 @@ async fn handle(gw: Arc<Gateway>, stream: TcpStream, peer: SocketAddr) {
             record,
             admitted,
             deadline,
+            cutoff,
         };
         let mut record = match ctx.admitted.resource.protocol {
             Protocol::Tcp => tcp::serve(ctx, stream, upstream).await,
@@ -424,7 +443,13 @@ fn admit(
         .clone();
     record.resource = Some(resource.name.clone());
     record.protocol = Some(resource.protocol.as_str().to_owned());
-    let grant = grants::check(&gw.config, &principal.agent, &resource.name, now)?;
+    let grant = grants::check(
+        &gw.config,
+        gw.approvals.active(),
+        &principal.agent,
+        &resource.name,
+        now,
+    )?;
     Ok((
         Admitted {
             principal,
@@ -456,6 +481,8 @@ fn base_record(id: SessionId, started: OffsetDateTime, attested: Option<&Atteste
         bytes_up: 0,
         bytes_down: 0,
         end_reason: None,
+        on_behalf_of: None,
+        grant: None,
     }
 }
 

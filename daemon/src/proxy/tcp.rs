@@ -88,6 +88,7 @@ pub async fn serve(
         mut record,
         admitted,
         deadline,
+        cutoff: _cutoff,
     } = ctx;
     let target = admitted.resource.address;
     let timeout = gw.config.daemon.upstream_connect_timeout;

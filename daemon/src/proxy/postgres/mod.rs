@@ -329,6 +329,7 @@ pub async fn serve(
         mut record,
         admitted,
         deadline,
+        cutoff: _cutoff,
     } = ctx;
     let shared = &gw.postgres;
     let Some(pg) = admitted.resource.postgres.clone() else {
@@ -367,6 +368,7 @@ pub async fn serve(
     let now = time::OffsetDateTime::now_utc();
     let grant = crate::grants::check_database(
         &gw.config,
+        gw.approvals.active(),
         &admitted.principal.agent,
         &admitted.resource.name,
         &start.user,
@@ -477,6 +479,7 @@ pub async fn serve(
             .clone()
             .unwrap_or_else(|| start.user.clone()),
         status: up.status,
+        agent: admitted.principal.agent.to_string(),
     });
     let outcome = session.run(agent_stream, buf, up.stream, deadline).await;
     if let Some(k) = cancel_key {

@@ -15,7 +15,7 @@
 //! CommandComplete is attributed to the statement it answers.
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
     sync::Arc,
     time::Instant,
 };
@@ -51,6 +51,8 @@ pub struct Setup {
     pub credential: String,
     pub upstream_user: String,
     pub status: u8,
+    /// The agent, for approval requests.
+    pub agent: String,
 }
 
 pub struct Outcome {
@@ -79,6 +81,8 @@ struct Pending {
     masked: BTreeSet<String>,
     error: Option<String>,
     denial: Option<Denial>,
+    /// Who approved it, when it ran under an approval.
+    approved: Option<String>,
     /// COPY ... TO STDOUT targets, in statement order.
     copy_out: VecDeque<CopyOut>,
     /// DDL went through: column names may have changed.
@@ -110,6 +114,8 @@ struct Prepared {
     verdict: Action,
     copy_out: Vec<CopyOut>,
     ddl: bool,
+    /// Prepared under an approval (good for one execution), and by whom.
+    approved: Option<String>,
 }
 
 /// What to do with one result column.
@@ -176,6 +182,10 @@ pub struct Session {
     copy: Option<CopyPlan>,
     to_agent: BytesMut,
     to_upstream: BytesMut,
+    agent: String,
+    /// Prepared statements that ran under an approval: an approval covers one execution, so
+    /// executing one of these again is denied until it is prepared (and approved) again.
+    spent: HashSet<String>,
 }
 
 /// Why the relay stops.
@@ -198,6 +208,7 @@ impl Session {
             credential,
             upstream_user,
             status,
+            agent,
         } = setup;
         let rules = policy.masking.clone();
         let masker =
@@ -228,6 +239,8 @@ impl Session {
             copy: None,
             to_agent: BytesMut::with_capacity(16 * 1024),
             to_upstream: BytesMut::with_capacity(16 * 1024),
+            agent,
+            spent: HashSet::new(),
         }
     }
 
@@ -401,8 +414,9 @@ impl Session {
                     .to_owned();
                 let decision = self.policy.decide(&sql);
                 let mut pending = self.pending(Arc::from(sql.as_str()), &decision);
-                match self.vet(&decision) {
-                    Ok(()) => {
+                match self.vet(&decision, &sql).await {
+                    Ok(approved) => {
+                        pending.approved = approved;
                         msg.write_to(&mut self.to_upstream);
                     }
                     Err(denial) => {
@@ -427,9 +441,10 @@ impl Session {
                 };
                 let decision = self.decide_cached(&sql);
                 let text: Arc<str> = Arc::from(sql.as_str());
-                match self.vet(&decision) {
-                    Ok(()) => {
+                match self.vet(&decision, &sql).await {
+                    Ok(approved) => {
                         msg.write_to(&mut self.to_upstream);
+                        self.spent.remove(&name);
                         self.prepared.insert(
                             name,
                             Prepared {
@@ -438,6 +453,7 @@ impl Session {
                                 verdict: decision.action,
                                 copy_out: copy_targets(&decision),
                                 ddl: is_ddl(&decision),
+                                approved,
                             },
                         );
                         self.expect.push_back(Expect::Parse(None));
@@ -502,11 +518,8 @@ impl Session {
                     .str()
                     .map_err(|e| self.protocol_violation(&e.to_string()))?
                     .to_owned();
-                let prepared = self
-                    .portals
-                    .get(&portal)
-                    .and_then(|s| self.prepared.get(s))
-                    .cloned();
+                let stmt = self.portals.get(&portal).cloned();
+                let prepared = stmt.as_ref().and_then(|s| self.prepared.get(s)).cloned();
                 let mut pending = match &prepared {
                     Some(p) => self.pending_prepared(p),
                     // A portal Cordon did not see bound (or of a denied
@@ -515,6 +528,30 @@ impl Session {
                 };
                 if let Some(p) = &prepared {
                     pending.copy_out = p.copy_out.iter().cloned().collect();
+                    pending.approved = p.approved.clone();
+                }
+                if let (Some(p), Some(name)) = (&prepared, &stmt) {
+                    if p.approved.is_some() && !self.spent.insert(name.clone()) {
+                        // The approval covered one execution, which has happened.
+                        pending.denial = Some(Denial {
+                            message: format!(
+                                "this statement was approved for one execution under {}, and it has run; prepare it again to ask for another approval",
+                                p.rule
+                            ),
+                            hint: None,
+                        });
+                        pending.approved = None;
+                        self.deny(&pending)?;
+                        let token = self.token.clone();
+                        Builder::new(b'P')
+                            .cstr(b"cordon_denied")
+                            .cstr(token.as_bytes())
+                            .i16(0)
+                            .finish()
+                            .write_to(&mut self.to_upstream);
+                        self.expect.push_back(Expect::Execute(Box::new(pending)));
+                        return Ok(());
+                    }
                 }
                 if self.masker.is_some() && self.described.as_deref() != Some(portal.as_str()) {
                     // Learn the portal's columns and formats, whatever the
@@ -598,7 +635,11 @@ impl Session {
 
     /// Proxy-level checks on an allowed decision: what masking cannot
     /// follow is denied. Err carries the denial for a non-allow decision.
-    fn vet(&self, decision: &Decision) -> Result<(), Denial> {
+    ///
+    /// An `approve` decision holds the statement until a reviewer decides (the agent's client
+    /// simply waits): Ok(Some(reviewer)) when approved.
+    async fn vet(&mut self, decision: &Decision, text: &str) -> Result<Option<String>, Denial> {
+        let mut approved = None;
         match decision.action {
             Action::Allow => {}
             Action::Deny => {
@@ -608,13 +649,46 @@ impl Session {
                 })
             }
             Action::Approve => {
-                return Err(Denial {
-                    message: format!(
-                        "{} (needs approval under {}; approvals are not available yet, so it is denied)",
+                let outcome = self
+                    .gw
+                    .approvals
+                    .hold(crate::approvals::HoldRequest {
+                        session: self.id,
+                        agent: self.agent.clone(),
+                        resource: self.resource.clone(),
+                        protocol: "postgres",
+                        command: text.to_owned(),
+                        rule: decision.rule.clone(),
+                        reason: decision.reason.clone(),
+                    })
+                    .await;
+                use crate::approvals::Outcome as O;
+                let message = match outcome {
+                    O::Approved { by } => {
+                        approved = Some(by);
+                        String::new()
+                    }
+                    O::Denied { by, reason } => format!(
+                        "{} (held for approval under {}; {by} denied it: {reason})",
                         decision.reason, decision.rule
                     ),
-                    hint: Some("ask an administrator to run it, or to change the policy".into()),
-                })
+                    O::TimedOut { after } => format!(
+                        "{} (held for approval under {}; no reviewer approved it within {} s)",
+                        decision.reason,
+                        decision.rule,
+                        after.as_secs()
+                    ),
+                    O::Unavailable(why) => format!(
+                        "{} (needs approval under {}, which cannot be asked for: {why})",
+                        decision.reason, decision.rule
+                    ),
+                };
+                if approved.is_none() {
+                    return Err(Denial {
+                        message,
+                        hint: None,
+                    });
+                }
             }
         }
         if let Some(masker) = &self.masker {
@@ -647,7 +721,7 @@ impl Session {
                 }
             }
         }
-        Ok(())
+        Ok(approved)
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -668,6 +742,7 @@ impl Session {
             masked: BTreeSet::new(),
             error: None,
             denial: None,
+            approved: None,
             copy_out: copy_targets(decision).into(),
             ddl: is_ddl(decision),
         }
@@ -685,6 +760,7 @@ impl Session {
             masked: BTreeSet::new(),
             error: None,
             denial: None,
+            approved: None,
             copy_out: VecDeque::new(),
             ddl: p.ddl,
         }
@@ -702,6 +778,7 @@ impl Session {
             masked: BTreeSet::new(),
             error: None,
             denial: None,
+            approved: None,
             copy_out: VecDeque::new(),
             ddl: false,
         }
@@ -751,7 +828,7 @@ impl Session {
             duration_us: u64::try_from(p.started.elapsed().as_micros()).unwrap_or(u64::MAX),
             verdict: "allow".into(),
             rule: p.rule.to_string(),
-            reason: None,
+            reason: p.approved.map(|by| format!("approved by {by}")),
             text: clip(&p.text),
             rows: p.rows,
             masked: p.masked.into_iter().collect(),
@@ -935,7 +1012,7 @@ impl Session {
         };
         let denial = if ours {
             match self.expect.front() {
-                Some(Expect::Query(p)) => p.denial.clone(),
+                Some(Expect::Query(p)) | Some(Expect::Execute(p)) => p.denial.clone(),
                 Some(Expect::Parse(d)) => d.clone(),
                 _ => None,
             }
@@ -976,8 +1053,11 @@ impl Session {
                 // database now skips to Sync; what it skips never ran.
                 if let Some(Expect::Execute(_)) = self.expect.front() {
                     if let Some(Expect::Execute(mut p)) = self.expect.pop_front() {
-                        p.error = sqlstate;
-                        self.record(*p);
+                        // A denial was recorded when it was decided.
+                        if p.denial.is_none() {
+                            p.error = sqlstate;
+                            self.record(*p);
+                        }
                     }
                 }
                 while let Some(front) = self.expect.front() {

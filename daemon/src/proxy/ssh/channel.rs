@@ -202,6 +202,7 @@ async fn from_agent(sh: Arc<Shared>, mut rx: ChannelReadHalf, up: ChannelWriteHa
                 } else {
                     let d = policy.decide_shell();
                     record_decision(&sh, "shell", "", &d);
+                    let d = held(&sh, "shell", "interactive shell", d).await;
                     if d.action == Action::Allow {
                         let ok = forward(&sh, || up.request_shell(true)).await;
                         if ok {
@@ -232,6 +233,7 @@ async fn from_agent(sh: Arc<Shared>, mut rx: ChannelReadHalf, up: ChannelWriteHa
                     };
                     let text = String::from_utf8_lossy(&command).into_owned();
                     record_decision(&sh, "exec", &text, &d);
+                    let d = held(&sh, "exec", &text, d).await;
                     if d.action == Action::Allow {
                         let ok = forward(&sh, || up.exec(true, command.clone())).await;
                         if ok {
@@ -250,6 +252,7 @@ async fn from_agent(sh: Arc<Shared>, mut rx: ChannelReadHalf, up: ChannelWriteHa
                 } else {
                     let d = policy.decide_subsystem(&name);
                     record_decision(&sh, "subsystem", &name, &d);
+                    let d = held(&sh, "subsystem", &name, d).await;
                     if d.action == Action::Allow {
                         let ok = forward(&sh, || up.request_subsystem(true, name.clone())).await;
                         if ok && name == "sftp" {
@@ -320,7 +323,7 @@ async fn agent_data(
                             Ok(line) => {
                                 let d = policy.decide_typed_line(&line);
                                 record_decision(sh, "typed-line", &line, &d);
-                                d
+                                held(sh, "typed-line", &line, d).await
                             }
                             Err(why) => {
                                 let d = SshDecision {
@@ -563,12 +566,60 @@ async fn reply(sh: &Shared, ok: bool) -> bool {
     r.is_ok()
 }
 
+/// A decision that needs approval: the request waits (the agent's client just waits) until a
+/// reviewer approves or denies it, or the hold times out. Anything else passes through.
+async fn held(sh: &Shared, what: &str, command: &str, d: SshDecision) -> SshDecision {
+    if d.action != Action::Approve {
+        return d;
+    }
+    let req = crate::approvals::HoldRequest {
+        session: sh.conn.session,
+        agent: sh.conn.agent.to_string(),
+        resource: sh.conn.resource.name.clone(),
+        protocol: "ssh",
+        command: if what == "exec" || what == "typed-line" {
+            command.to_owned()
+        } else {
+            format!("[{what}] {command}")
+        },
+        rule: d.rule.clone(),
+        reason: d.reason.clone(),
+    };
+    let outcome = sh.conn.gw.approvals.hold(req).await;
+    let (action, reason) = match outcome {
+        crate::approvals::Outcome::Approved { by } => (Action::Allow, format!("approved by {by}")),
+        crate::approvals::Outcome::Denied { by, reason } => (
+            Action::Deny,
+            format!("a reviewer ({by}) denied it: {reason}"),
+        ),
+        crate::approvals::Outcome::TimedOut { after } => (
+            Action::Deny,
+            format!("no reviewer approved it within {} s", after.as_secs()),
+        ),
+        crate::approvals::Outcome::Unavailable(why) => (
+            Action::Deny,
+            format!("it could not be held for approval: {why}"),
+        ),
+    };
+    let d = SshDecision {
+        action,
+        rule: d.rule,
+        reason,
+    };
+    record_request(
+        sh,
+        &format!("{what}-approval"),
+        command,
+        d.action,
+        &d.rule,
+        Some(d.reason.clone()),
+    );
+    d
+}
+
 fn denial_text(d: &SshDecision, what: &str) -> String {
     match d.action {
-        Action::Approve => format!(
-            "cordon: {what} needs approval ({}): {}; approvals are not available yet, so it is refused",
-            d.rule, d.reason
-        ),
+        Action::Approve => format!("cordon: {what} needs approval ({}): {}", d.rule, d.reason),
         _ => format!("cordon: denied by {}: {}", d.rule, d.reason),
     }
 }

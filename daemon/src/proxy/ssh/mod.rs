@@ -208,6 +208,7 @@ pub(crate) struct Conn {
     pub resource: Resource,
     pub ssh: SshResource,
     pub agent: crate::config::AgentName,
+    pub session: crate::audit::SessionId,
     pub recorder: Recorder,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
@@ -453,6 +454,7 @@ impl AgentHandler {
         let now = time::OffsetDateTime::now_utc();
         crate::grants::check_login(
             &self.conn.gw.config,
+            self.conn.gw.approvals.active(),
             &self.conn.agent,
             &self.conn.resource.name,
             user,
@@ -513,6 +515,7 @@ pub async fn serve(
         mut record,
         admitted,
         deadline,
+        cutoff: _cutoff,
     } = ctx;
     let Some(ssh) = admitted.resource.ssh.clone() else {
         record.end_reason = Some("internal error: ssh resource without settings".into());
@@ -524,6 +527,7 @@ pub async fn serve(
         resource: admitted.resource.clone(),
         ssh: ssh.clone(),
         agent: admitted.principal.agent.clone(),
+        session: record.id,
         recorder,
         bytes_up: AtomicU64::new(0),
         bytes_down: AtomicU64::new(0),

@@ -1,0 +1,112 @@
+//! `cordon grants list [--json]` (static grants from the config and every
+//! just-in-time grant, with its state and live sessions) and `cordon grants
+//! revoke ID --reason R` (ends a live just-in-time grant and cuts its
+//! sessions).
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use super::sessions::escape;
+use crate::{
+    approvals::{GrantsList, Revoked},
+    control::Request,
+};
+
+pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
+    let id_token = super::approvals::login_token(config)?;
+    let data = super::call(config, &Request::GrantsList { id_token })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+        return Ok(());
+    }
+    let l: GrantsList =
+        serde_json::from_value(data).context("the daemon's reply has an unexpected shape")?;
+    println!(
+        "{:<17}  {:<8} {:<12} {:<12} {:<17} {:<22} {:>8}  {:<28}  APPROVED BY",
+        "ID", "STATE", "AGENT", "RESOURCE", "ACTIONS", "EXPIRES", "SESSIONS", "REQUESTED BY"
+    );
+    for g in &l.fixed {
+        let mut pins = Vec::new();
+        for (k, v) in [("role", &g.role), ("database", &g.database), ("login", &g.login)] {
+            if let Some(v) = v {
+                pins.push(format!("{k}={}", escape(v)));
+            }
+        }
+        println!(
+            "{:<17}  {:<8} {:<12} {:<12} {:<17} {:<22} {:>8}  {:<28}  {}",
+            "static",
+            g.state,
+            escape(&g.agent),
+            escape(&g.resource),
+            if pins.is_empty() {
+                "-".to_owned()
+            } else {
+                pins.join(",")
+            },
+            escape(&g.expires),
+            "-",
+            "(config)",
+            "-"
+        );
+    }
+    for v in &l.jit {
+        let g = &v.grant;
+        let actions: Vec<&str> = g.actions.iter().map(|a| a.as_str()).collect();
+        let approvers: Vec<String> = g.approvals.iter().map(|a| escape(&a.by).into_owned()).collect();
+        println!(
+            "{:<17}  {:<8} {:<12} {:<12} {:<17} {:<22} {:>8}  {:<28}  {}",
+            g.id,
+            g.state.as_str(),
+            escape(&g.agent),
+            escape(&g.resource),
+            actions.join(","),
+            escape(g.expires_at.as_deref().unwrap_or("-")),
+            v.live_sessions.len(),
+            escape(&g.requested_by),
+            if approvers.is_empty() {
+                "-".to_owned()
+            } else {
+                approvers.join(",")
+            }
+        );
+        if let Some(end) = &g.ended {
+            println!(
+                "{:<17}  {} by {} at {}: {}",
+                "",
+                g.state.as_str(),
+                escape(&end.by),
+                escape(&end.at),
+                escape(end.reason.as_deref().unwrap_or("-"))
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn revoke(config: &Path, id: &str, reason: &str, json: bool) -> anyhow::Result<()> {
+    let id_token = super::approvals::login_token(config)?;
+    let data = super::call(
+        config,
+        &Request::GrantsRevoke {
+            id_token,
+            id: id.to_owned(),
+            reason: reason.to_owned(),
+        },
+    )?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+        return Ok(());
+    }
+    let r: Revoked =
+        serde_json::from_value(data).context("the daemon's reply has an unexpected shape")?;
+    println!(
+        "revoked grant {} (agent {} on {}); {} live session{} cut",
+        r.grant.id,
+        escape(&r.grant.agent),
+        escape(&r.grant.resource),
+        r.sessions_cut,
+        if r.sessions_cut == 1 { "" } else { "s" }
+    );
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! `cordon request --agent A --resource R [--actions read,write,admin]
+//! --ttl 30m --reason "..."`: asks for a just-in-time grant. It goes live
+//! when the resource's reviewers approve it (`cordon approve ID`), for the
+//! TTL counted from then. Needs `cordon login` (or root).
+
+use std::{path::Path, time::Duration};
+
+use anyhow::Context as _;
+
+use super::sessions::escape;
+use crate::{
+    config::approval::format_duration,
+    control::Request,
+    grants::{jit::JitGrant, GrantAction},
+};
+
+/// clap value parser for `--ttl`.
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
+    crate::config::approval::parse_duration(text)
+}
+
+pub fn run(
+    config: &Path,
+    agent: &str,
+    resource: &str,
+    actions: Vec<GrantAction>,
+    ttl: Duration,
+    reason: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let id_token = super::approvals::login_token(config)?;
+    let data = super::call(
+        config,
+        &Request::GrantRequest {
+            id_token,
+            agent: agent.to_owned(),
+            resource: resource.to_owned(),
+            actions,
+            ttl_secs: ttl.as_secs(),
+            reason: reason.to_owned(),
+        },
+    )?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+        return Ok(());
+    }
+    let g: JitGrant =
+        serde_json::from_value(data).context("the daemon's reply has an unexpected shape")?;
+    let actions: Vec<&str> = g.actions.iter().map(|a| a.as_str()).collect();
+    println!(
+        "grant request {} pending: agent {} on {} ({}) for {} once approved; needs {} approval{}",
+        g.id,
+        escape(&g.agent),
+        escape(&g.resource),
+        actions.join(","),
+        format_duration(Duration::from_secs(g.ttl_secs)),
+        g.approvals_required,
+        if g.approvals_required == 1 { "" } else { "s" }
+    );
+    println!("reviewers: cordon approve {}", g.id);
+    Ok(())
+}
