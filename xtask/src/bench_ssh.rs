@@ -35,7 +35,7 @@ default = "deny"
 [[rule]]
 name = "bench"
 action = "allow"
-commands = ["true", "cat /tmp/cordon-ssh-bench-*/big"]
+commands = ["true", "cat /tmp/cordon-sshd-bench-*/big"]
 "#;
 
 fn run(cmd: &mut Command, what: &str) -> Result<String> {
@@ -94,16 +94,32 @@ fn sshd() -> Result<Sshd> {
         )?;
     }
     fs::create_dir_all("/run/sshd")?;
-    let dir = std::env::temp_dir().join(format!("cordon-ssh-bench-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("cordon-sshd-bench-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
     let host_key = keygen(&dir.join("host"))?;
     let client = keygen(&dir.join("client"))?;
     fs::write(dir.join("authorized_keys"), format!("{client}\n"))?;
-    // The file the bench reads (sparse: reading it costs no disk).
-    let big = fs::File::create(dir.join("big"))?;
-    big.set_len(BULK_BYTES)?;
+    // The file the bench reads: pseudo-random bytes (incompressible, so nothing on the way
+    // can cheat with them), written once.
+    {
+        use std::io::Write as _;
+        let mut f = std::io::BufWriter::new(fs::File::create(dir.join("big"))?);
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut block = vec![0u8; 1 << 20];
+        for _ in 0..(BULK_BYTES >> 20) {
+            for chunk in block.chunks_exact_mut(8) {
+                // xorshift64*
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                chunk.copy_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+            }
+            f.write_all(&block)?;
+        }
+        f.flush()?;
+    }
     fs::set_permissions(dir.join("big"), fs::Permissions::from_mode(0o644))?;
     let port = free_port()?;
     let config = format!(

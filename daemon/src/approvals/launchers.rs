@@ -137,8 +137,15 @@ mod tests {
     fn a_child_is_found_through_its_parent() {
         let launchers = Launchers::default();
         let me = std::process::id();
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
-        assert_eq!(launchers.find(child.id(), "bot"), None, "nothing remembered");
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert_eq!(
+            launchers.find(child.id(), "bot"),
+            None,
+            "nothing remembered"
+        );
         launchers.remember(me, "bot", "oidc:i#alice".into(), true);
         let found = launchers.find(child.id(), "bot");
         assert_eq!(

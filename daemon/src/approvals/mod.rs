@@ -380,7 +380,11 @@ impl Approvals {
         if let Err(e) = recorded {
             // Not audited, so not requested.
             let _ = self.jit.update(&g.id, |g| {
-                g.deny(SYSTEM, "the request could not be recorded", OffsetDateTime::now_utc())
+                g.deny(
+                    SYSTEM,
+                    "the request could not be recorded",
+                    OffsetDateTime::now_utc(),
+                )
             });
             return Err(e.into());
         }
@@ -572,7 +576,9 @@ impl Approvals {
                     self.events.record_or_log(
                         NewEvent::new(SYSTEM, EventKind::GrantExpired, &g.id)
                             .on(&g.agent, &g.resource)
-                            .details(json!({ "expires_at": g.expires_at, "sessions_cut": sessions })),
+                            .details(
+                                json!({ "expires_at": g.expires_at, "sessions_cut": sessions }),
+                            ),
                     );
                 } else {
                     self.events.record_or_log(
@@ -617,7 +623,10 @@ impl Approvals {
         let on_behalf_of = session.as_ref().and_then(|s| s.on_behalf_of.clone());
         let grant = session.as_ref().and_then(|s| s.grant.clone());
         let mut excluded: Vec<String> = on_behalf_of.iter().cloned().collect();
-        if let Some(g) = grant.as_deref().and_then(|g| self.jit.get(g).ok().flatten()) {
+        if let Some(g) = grant
+            .as_deref()
+            .and_then(|g| self.jit.get(g).ok().flatten())
+        {
             excluded.push(g.requested_by);
         }
         let timeout = self.config.approvals.hold_timeout;
@@ -681,7 +690,9 @@ impl Approvals {
             obj.extend(fields);
             obj.insert(
                 "decide".into(),
-                json!(format!("cordon approve {id} | cordon deny {id} --reason ...")),
+                json!(format!(
+                    "cordon approve {id} | cordon deny {id} --reason ..."
+                )),
             );
         }
         self.notifier.send(payload);

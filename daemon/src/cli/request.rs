@@ -31,7 +31,7 @@ pub fn run(
     let id_token = super::approvals::login_token(config)?;
     let data = super::call(
         config,
-        &Request::GrantRequest {
+        &Request::AskGrant {
             id_token,
             agent: agent.to_owned(),
             resource: resource.to_owned(),

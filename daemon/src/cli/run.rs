@@ -59,7 +59,11 @@ pub fn run(config: &Path, agent: &str, command: &[OsString]) -> anyhow::Result<(
     // Unix sockets stay usable only where the kernel enforces the daemon's
     // allow list (BPF LSM); otherwise they are refused outright.
     seccomp::confine(joined.unix_sockets)?;
-    let err = Command::new(program).args(args).exec();
+    // The human's login is theirs, not the agent's.
+    let err = Command::new(program)
+        .args(args)
+        .env_remove(super::login::TOKEN_ENV)
+        .exec();
     bail!("cannot run {}: {err}", program.to_string_lossy())
 }
 

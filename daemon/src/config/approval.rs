@@ -51,7 +51,17 @@ pub const MAX_APPROVALS_REQUIRED: u64 = 10;
 /// What a just-in-time grant lets an agent do on a resource, mapped onto a
 /// policy by the resource's `actions`. Ordered: read < write < admin.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, clap::ValueEnum,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum GrantAction {
@@ -313,10 +323,7 @@ pub fn parse_resource(
                     )),
                 },
                 Protocol::Tcp => {
-                    return Err((
-                        k,
-                        "tcp resources have no policy to map actions onto".into(),
-                    ))
+                    return Err((k, "tcp resources have no policy to map actions onto".into()))
                 }
             };
             actions.insert(action, loaded);
@@ -343,9 +350,8 @@ fn policy_file(name: &str, policy_dir: &Path) -> Result<PathBuf, String> {
 /// A duration such as `90s`, `30m`, `1h30m`, `2d` or a plain number of
 /// seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || {
-        format!("expected a duration such as 90s, 30m, 1h30m or 2d (or seconds), got `{text}`")
-    };
+    let bad =
+        || format!("expected a duration such as 90s, 30m, 1h30m or 2d (or seconds), got `{text}`");
     let t = text.trim();
     if t.is_empty() {
         return Err(bad());
@@ -410,13 +416,25 @@ mod tests {
             ("45", 45),
             ("1h0m5s", 3605),
         ] {
-            assert_eq!(parse_duration(text), Ok(Duration::from_secs(secs)), "{text}");
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs(secs)),
+                "{text}"
+            );
             assert_eq!(
                 parse_duration(&format_duration(Duration::from_secs(secs))),
                 Ok(Duration::from_secs(secs))
             );
         }
-        for bad in ["", "h", "1x", "1h30", "-5m", "1.5h", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "h",
+            "1x",
+            "1h30",
+            "-5m",
+            "1.5h",
+            "99999999999999999999d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
@@ -438,7 +456,10 @@ mod tests {
             ("timeout_secs = 0", "approvals.timeout_secs"),
             ("notify_command = []", "approvals.notify_command"),
             ("notify_command = [\"true\"]", "approvals.notify_command[0]"),
-            ("notify_url = \"http://hooks.example.com/x\"", "approvals.notify_url"),
+            (
+                "notify_url = \"http://hooks.example.com/x\"",
+                "approvals.notify_url",
+            ),
             ("notify_url = \"nope\"", "approvals.notify_url"),
             ("request_expiry_secs = 5", "approvals.request_expiry_secs"),
         ] {
@@ -447,5 +468,85 @@ mod tests {
             assert_eq!(e.0, key, "{text}: {e:?}");
         }
         assert!(toml::from_str::<RawApprovals>("timeout = 5").is_err());
+    }
+
+    fn resource(extra: &str, protocol: &str) -> Result<super::super::Config, String> {
+        let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
+        let pg = if protocol == "postgres" {
+            "credential = \"c\"\npolicy = \"pg-readonly\"\n"
+        } else {
+            ""
+        };
+        let text = format!(
+            "[daemon]\nstate_dir = \"/s\"\ncontrol_socket = \"/c\"\npolicy_dir = \"{policies}\"\n\
+             [[resource]]\nname = \"db\"\nprotocol = \"{protocol}\"\naddress = \"10.0.0.5:5432\"\n{pg}{extra}\n"
+        );
+        super::super::Config::parse(Path::new("t.toml"), &text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn resource_keys() {
+        let cfg = resource(
+            "approvers = [\"dba\"]\napprovals_required = 2\nmax_ttl = \"2h\"\nactions = { read = \"pg-readonly\", admin = \"pg-dba\" }",
+            "postgres",
+        )
+        .unwrap();
+        let a = &cfg.resources[0].approval;
+        assert_eq!(a.approvers.as_deref(), Some(&["dba".to_owned()][..]));
+        assert_eq!(a.approvals_required, 2);
+        assert_eq!(a.max_ttl, Duration::from_secs(7200));
+        assert_eq!(a.offered(), vec![GrantAction::Read, GrantAction::Admin]);
+        let admin = a
+            .actions
+            .as_ref()
+            .and_then(|m| m.get(&GrantAction::Admin))
+            .unwrap();
+        assert_eq!(
+            admin.postgres.as_ref().map(|p| p.name.as_str()),
+            Some("pg-dba")
+        );
+        // Defaults: everything offered, one approval, an hour.
+        let d = &resource("", "tcp").unwrap().resources[0].approval;
+        assert_eq!(d.offered(), GrantAction::ALL.to_vec());
+        assert_eq!((d.approvals_required, d.max_ttl), (1, DEFAULT_MAX_TTL));
+        for (extra, protocol, key) in [
+            (
+                "approvals_required = 0",
+                "tcp",
+                "resource[0].approvals_required",
+            ),
+            (
+                "approvals_required = 11",
+                "tcp",
+                "resource[0].approvals_required",
+            ),
+            ("max_ttl = \"31d\"", "tcp", "resource[0].max_ttl"),
+            ("max_ttl = \"soon\"", "tcp", "resource[0].max_ttl"),
+            ("approvers = [\"\"]", "tcp", "resource[0].approvers[0]"),
+            (
+                "actions = { read = \"pg-readonly\" }",
+                "tcp",
+                "resource[0].actions",
+            ),
+            (
+                "actions = { delete = \"pg-readonly\" }",
+                "postgres",
+                "resource[0].actions.delete",
+            ),
+            (
+                "actions = { read = \"nope\" }",
+                "postgres",
+                "resource[0].actions.read",
+            ),
+            (
+                "actions = { read = \"../x\" }",
+                "postgres",
+                "resource[0].actions.read",
+            ),
+            ("actions = {}", "postgres", "resource[0].actions"),
+        ] {
+            let e = resource(extra, protocol).unwrap_err();
+            assert!(e.contains(&format!("key `{key}`")), "{extra}: {e}");
+        }
     }
 }

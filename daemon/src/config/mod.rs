@@ -1128,6 +1128,80 @@ expires = "2026-12-31T00:00:00Z"
     }
 
     #[test]
+    fn ssh_resources_need_a_credential_an_ssh_policy_and_valid_host_keys() {
+        let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIM64Jay4R4Oa2vGhQ7JJ8uzx6/erXzwaQcptsk2VzcSU";
+        let ssh = |extra: &str, grant_extra: &str| {
+            BASE.replace(
+                "protocol = \"tcp\"",
+                &format!("protocol = \"ssh\"\n{extra}"),
+            )
+            .replace(
+                "expires = \"2026-12-31T00:00:00Z\"",
+                &format!("expires = \"2026-12-31T00:00:00Z\"\n{grant_extra}"),
+            )
+            .replace(
+                "listen = \"127.0.0.1:15001\"",
+                &format!("listen = \"127.0.0.1:15001\"\npolicy_dir = \"{policies}\""),
+            )
+        };
+        let ok = ssh(
+            &format!("credential = \"k\"\npolicy = \"ssh-readonly\"\nupstream_user = \"deploy\"\nhost_keys = [\"{key} comment\"]"),
+            "login = \"deploy\"",
+        );
+        match Config::parse(Path::new("t.toml"), &ok) {
+            Ok(cfg) => {
+                let r = &cfg.resources[0];
+                assert_eq!(r.protocol, Protocol::Ssh);
+                let s = r.ssh.as_ref().unwrap_or_else(|| panic!("no ssh settings"));
+                // The comment is dropped: keys are compared as `<algorithm> <base64>`.
+                assert_eq!(s.host_keys, vec![key.to_owned()]);
+                assert_eq!(s.policy.name(), "ssh-readonly");
+                assert_eq!(cfg.grants[0].login.as_deref(), Some("deploy"));
+            }
+            Err(e) => panic!("{e}"),
+        }
+        let table = [
+            (ssh("policy = \"ssh-readonly\"", ""), "resource[0].credential"),
+            (ssh("credential = \"k\"", ""), "resource[0].policy"),
+            // A SQL policy is not an SSH policy.
+            (ssh("credential = \"k\"\npolicy = \"pg-readonly\"", ""), "resource[0].policy"),
+            (
+                ssh("credential = \"k\"\npolicy = \"ssh-readonly\"\nhost_keys = [\"ssh-ed25519 nope\"]", ""),
+                "resource[0].host_keys[0]",
+            ),
+            (
+                ssh("credential = \"k\"\npolicy = \"ssh-readonly\"\nupstream_user = \"bad user\"", ""),
+                "resource[0].upstream_user",
+            ),
+            (
+                ssh("credential = \"k\"\npolicy = \"ssh-readonly\"\nagent_tls = true", ""),
+                "resource[0].agent_tls",
+            ),
+            (
+                ssh("credential = \"k\"\npolicy = \"ssh-readonly\"", "login = \"-oProxyCommand=x\""),
+                "grant[0].login",
+            ),
+            (
+                BASE.replace(
+                    "expires = \"2026-12-31T00:00:00Z\"",
+                    "expires = \"2026-12-31T00:00:00Z\"\nlogin = \"x\"",
+                ),
+                "grant[0].login",
+            ),
+            (
+                BASE.replace("protocol = \"tcp\"", &format!("protocol = \"tcp\"\nhost_keys = [\"{key}\"]")),
+                "resource[0].host_keys",
+            ),
+        ];
+        for (text, want) in table {
+            let e = err(&text);
+            assert!(e.contains(want), "expected `{want}` in: {e}");
+        }
+    }
+
+    #[test]
     fn parse_errors_carry_the_line() {
         let got = err(&BASE.replace("listen = \"127.0.0.1:15001\"", "listen = 15001"));
         assert!(got.contains("line 5"), "{got}");

@@ -59,7 +59,7 @@ pub(super) async fn handle(
 ) -> Response {
     let hub = &gw.approvals;
     match req {
-        Request::GrantRequest {
+        Request::AskGrant {
             id_token,
             agent,
             resource,
@@ -96,7 +96,9 @@ pub(super) async fn handle(
             id,
             reason,
         } => match actor(gw, verifier, caller, id_token.as_ref(), "deny").await {
-            Ok(a) => hub.deny(&a, &id, &reason).map_or_else(refused, |d| reply(&d)),
+            Ok(a) => hub
+                .deny(&a, &id, &reason)
+                .map_or_else(refused, |d| reply(&d)),
             Err(r) => r,
         },
         Request::GrantsList { id_token } => {
@@ -110,7 +112,9 @@ pub(super) async fn handle(
             id,
             reason,
         } => match actor(gw, verifier, caller, id_token.as_ref(), "revoke").await {
-            Ok(a) => hub.revoke(&a, &id, &reason).map_or_else(refused, |r| reply(&r)),
+            Ok(a) => hub
+                .revoke(&a, &id, &reason)
+                .map_or_else(refused, |r| reply(&r)),
             Err(r) => r,
         },
         Request::AuditList {

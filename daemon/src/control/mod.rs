@@ -122,7 +122,7 @@ pub enum Request {
         replace: bool,
     },
     /// Ask for a just-in-time grant (`grants::jit::JitGrant` reply).
-    GrantRequest {
+    AskGrant {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id_token: Option<WireSecret>,
         agent: String,
@@ -487,10 +487,9 @@ async fn handle(
                         whoami(oidc.as_deref(), &caller, id_token).await
                     }
                     Request::Join { agent, id_token } => {
-                        humans::join(&gw, oidc.as_deref(), &caller, &agent, id_token.as_ref())
-                            .await
+                        humans::join(&gw, oidc.as_deref(), &caller, &agent, id_token.as_ref()).await
                     }
-                    req @ (Request::GrantRequest { .. }
+                    req @ (Request::AskGrant { .. }
                     | Request::ApprovalsList { .. }
                     | Request::Approve { .. }
                     | Request::Deny { .. }
@@ -750,7 +749,7 @@ fn dispatch(gw: &Arc<Gateway>, caller: &Caller, req: Request) -> Response {
         Request::SshConfig { agent } => ssh::ssh_config(gw, &agent),
         Request::SshTrust { .. } => Err(Response::err("ssh_trust is not dispatched here")),
         // Need to await the identity provider: answered in `humans`.
-        Request::GrantRequest { .. }
+        Request::AskGrant { .. }
         | Request::ApprovalsList { .. }
         | Request::Approve { .. }
         | Request::Deny { .. }

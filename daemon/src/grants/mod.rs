@@ -497,21 +497,104 @@ expires = "{expires}"
         let now = OffsetDateTime::now_utc();
         let a = AgentName::parse("a").unwrap();
         let b = AgentName::parse("b").unwrap();
+        let none = jit::Active::default();
         let live = config("2999-01-01T00:00:00Z");
-        assert!(check(&live, &a, "db", now).is_ok());
+        assert!(check(&live, &none, &a, "db", now).is_ok());
         assert!(matches!(
-            check(&live, &b, "db", now),
+            check(&live, &none, &b, "db", now),
             Err(GrantDenial::None { .. })
         ));
         assert!(matches!(
-            check(&live, &a, "other", now),
+            check(&live, &none, &a, "other", now),
             Err(GrantDenial::None { .. })
         ));
         let old = config("2000-01-01T00:00:00Z");
-        let err = check(&old, &a, "db", now).unwrap_err();
+        let err = check(&old, &none, &a, "db", now).unwrap_err();
         assert!(
             err.to_string().contains("expired at 2000-01-01T00:00:00Z"),
             "{err}"
         );
+    }
+
+    fn active(id: &str, agent: &str, actions: &[GrantAction], secs: i64) -> jit::JitGrant {
+        let now = OffsetDateTime::now_utc();
+        jit::JitGrant {
+            id: id.into(),
+            agent: agent.into(),
+            resource: "db".into(),
+            actions: actions.to_vec(),
+            ttl_secs: 60,
+            reason: "r".into(),
+            requested_by: "oidc:i#alice".into(),
+            requested_at: crate::rfc3339(now),
+            state: jit::State::Active,
+            approvals_required: 1,
+            approvals: vec![jit::Decision {
+                by: "oidc:i#bob".into(),
+                at: crate::rfc3339(now),
+                reason: None,
+            }],
+            activated_at: Some(crate::rfc3339(now)),
+            expires_at: Some(crate::rfc3339(now + time::Duration::seconds(secs))),
+            ended: None,
+        }
+    }
+
+    #[test]
+    fn a_just_in_time_grant_decides_over_static_ones() {
+        let now = OffsetDateTime::now_utc();
+        let a = AgentName::parse("a").unwrap();
+        let b = AgentName::parse("b").unwrap();
+        let old = config("2000-01-01T00:00:00Z");
+        let jit = jit::Active::default();
+        jit.sync(&active("g0000000000000001", "a", &[GrantAction::Read], 600));
+        jit.sync(&active("g0000000000000002", "a", &[GrantAction::Admin], 60));
+        jit.sync(&active("g0000000000000003", "b", &[GrantAction::Read], -1));
+        // Highest action first, though it expires sooner.
+        let g = check(&old, &jit, &a, "db", now).unwrap();
+        assert_eq!(g.id.as_deref(), Some("g0000000000000002"));
+        assert_eq!(g.approved_by.as_deref(), Some("oidc:i#bob"));
+        assert!(g
+            .describe(&a, "db")
+            .contains("just-in-time grant g0000000000000002"));
+        // No pins on just-in-time grants; an expired one admits nobody.
+        assert!(check_database(&old, &jit, &a, "db", "r", "d", now).is_ok());
+        assert!(check_login(&old, &jit, &a, "db", "root", now).is_ok());
+        assert!(check(&old, &jit, &b, "db", now).is_err());
+    }
+
+    #[tokio::test]
+    async fn cutoffs_fire_on_expiry_and_revocation() {
+        let live = LiveSessions::default();
+        let soon = LiveGrant {
+            expires: OffsetDateTime::now_utc() + time::Duration::milliseconds(300),
+            id: Some("g1".into()),
+            ..LiveGrant::fixed(OffsetDateTime::now_utc())
+        };
+        let mut a = live.register(&soon, SessionId::from_raw(1));
+        let mut b = live.register(&soon, SessionId::from_raw(2));
+        assert_eq!(live.sessions_of("g1").len(), 2);
+        let started = std::time::Instant::now();
+        let why = a.fired().await;
+        assert!(why.contains("just-in-time grant g1 expired at"), "{why}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // A revocation reaches every session of the grant; dropping a cutoff
+        // unregisters its session.
+        drop(a);
+        assert_eq!(live.sessions_of("g1"), vec![SessionId::from_raw(2)]);
+        let later = LiveGrant {
+            expires: OffsetDateTime::now_utc() + time::Duration::hours(1),
+            ..soon.clone()
+        };
+        let mut c = live.register(&later, SessionId::from_raw(3));
+        assert_eq!(live.revoke("g1", "revoked by someone".into()), 2);
+        assert_eq!(c.fired().await, "revoked by someone");
+        assert_eq!(c.fired().await, "revoked by someone", "fired stays fired");
+        let _ = b.fired().await;
+        // Static grants: expiry only; unknown grants revoke nothing.
+        let fixed = LiveGrant::fixed(OffsetDateTime::now_utc() - time::Duration::seconds(1));
+        let mut d = live.register(&fixed, SessionId::from_raw(4));
+        assert!(d.fired().await.starts_with("the grant expired at"));
+        assert_eq!(live.revoke("g-unknown", "x".into()), 0);
     }
 }

@@ -1,0 +1,708 @@
+//! Humans in the loop end to end: a real OIDC provider (`oidc-provider`
+//! under node), a real PostgreSQL, the real daemon and kernel capture, and
+//! an unmodified client (psql) run as an agent through `cordon run`.
+//!
+//! - Just-in-time grants: requested by one human, self-approval refused,
+//!   non-reviewers and forged tokens refused, approved by another; the agent
+//!   connects; expiry cuts the live session within about a second;
+//!   revocation cuts a live session; the audit log shows who did what.
+//! - Held commands (policy `pg-dba`: DDL needs approval): approved runs
+//!   once, denied returns the reviewer's reason, timeout returns an error,
+//!   the human the session runs for may not approve it; the notification
+//!   hook gets the pending request as JSON.
+//!
+//! Needs root (eBPF) and the provider (`cargo xtask setup`); skips without
+//! them unless CI is set.
+
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    process::{Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use cordon_tests::{
+    oidc::{jwt_payload, unsigned, with_payload, OidcProvider},
+    pg::{self, PgOptions, PgServer, ROLE_SCRAM, SHOP_DB},
+    pretty, require_oidc_provider, require_root, run_with_limit, Background, Daemon, Setup,
+    FAR_FUTURE,
+};
+use serde_json::{json, Value};
+use time::{format_description::well_known::Rfc3339, OffsetDateTime};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+const OIDC: &str = "approver_groups = [\"approvers\"]\nadmin_groups = [\"admins\"]";
+
+fn policies_dir() -> String {
+    format!("{}/../policies", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Who runs a `cordon` command: local root without a login, or a human
+/// presenting an ID token.
+#[derive(Clone, Copy)]
+enum Who<'a> {
+    Root,
+    Human(&'a str),
+}
+
+struct World {
+    // Dropped in order: the daemon before the servers it talks to.
+    d: Daemon,
+    pg: PgServer,
+    idp: OidcProvider,
+    /// An empty cache directory: no `cordon login` is ever picked up.
+    xdg: tempfile::TempDir,
+    alice: String,
+    bob: String,
+    carol: String,
+    notify_log: PathBuf,
+}
+
+/// A daemon with `[identity.oidc]` for `idp`, `[approvals]` with
+/// `approvals`, and a postgres resource `shop` (reviewed by group `dba`)
+/// with `policy`; `grant` adds a static grant for agent `bot`.
+fn world(policy: &str, resource_extra: &str, approvals: &str, grant: bool) -> World {
+    let idp = OidcProvider::start();
+    let pg = PgServer::start(PgOptions::plain()).expect("postgres");
+    let xdg = tempfile::tempdir().expect("tempdir");
+    let notify_log = xdg.path().join("notify.jsonl");
+    let mut setup = Setup::new()
+        .agent("bot")
+        .daemon_key(&format!("policy_dir = \"{}\"", policies_dir()));
+    let grant_table = if grant {
+        format!("\n[[grant]]\nagent = \"bot\"\nresource = \"shop\"\nexpires = \"{FAR_FUTURE}\"\n")
+    } else {
+        String::new()
+    };
+    setup.extra = format!(
+        "{}\n[approvals]\n{approvals}\nnotify_command = [\"/bin/sh\", \"-c\", \"cat >> {log}; echo >> {log}\"]\n\
+         \n[[resource]]\nname = \"shop\"\nprotocol = \"postgres\"\naddress = \"{addr}\"\ncredential = \"shop-db\"\n\
+         policy = \"{policy}\"\nupstream_user = \"{ROLE_SCRAM}\"\napprovers = [\"dba\"]\n{resource_extra}\n{grant_table}",
+        idp.config_table(OIDC),
+        log = notify_log.display(),
+        addr = pg.addr(),
+    );
+    let d = Daemon::start(setup);
+    vault_set(&d, "shop-db", &pg.password(ROLE_SCRAM));
+    let alice = idp.id_token("alice", &["dba"]);
+    let bob = idp.id_token("bob", &["dba"]);
+    let carol = idp.id_token("carol", &["approvers"]);
+    World {
+        d,
+        pg,
+        idp,
+        xdg,
+        alice,
+        bob,
+        carol,
+        notify_log,
+    }
+}
+
+fn vault_set(d: &Daemon, name: &str, secret: &str) {
+    let mut cmd = d.cordon(&["vault", "set", name]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn cordon vault set");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(secret.as_bytes())
+        .expect("write secret");
+    let out = child.wait_with_output().expect("vault set");
+    assert!(
+        out.status.success(),
+        "vault set failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+impl World {
+    /// `oidc:<issuer>#<sub>` of a token, as the audit names its holder.
+    fn name_of(&self, token: &str) -> String {
+        format!(
+            "oidc:{}#{}",
+            self.idp.issuer,
+            jwt_payload(token)["sub"].as_str().unwrap_or("?")
+        )
+    }
+
+    fn cordon_cmd(&self, who: Who<'_>, args: &[&str]) -> Command {
+        let mut cmd = self.d.cordon(args);
+        cmd.env_remove("CORDON_ID_TOKEN")
+            .env("XDG_CACHE_HOME", self.xdg.path());
+        if let Who::Human(token) = who {
+            cmd.env("CORDON_ID_TOKEN", token);
+        }
+        cmd
+    }
+
+    fn cordon(&self, who: Who<'_>, args: &[&str]) -> Output {
+        run_with_limit(&mut self.cordon_cmd(who, args), LIMIT)
+    }
+
+    /// `cordon ARGS --json` as `who`; its JSON, or a panic with everything.
+    fn json(&self, who: Who<'_>, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.cordon(who, &all);
+        assert!(
+            out.status.success(),
+            "cordon {all:?} failed: {}\n{}",
+            text(&out),
+            self.d.context()
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("cordon {all:?}: bad JSON ({e}): {}", text(&out)))
+    }
+
+    /// `cordon ARGS` as `who`, which must fail; its output.
+    fn refused(&self, who: Who<'_>, args: &[&str]) -> String {
+        let out = self.cordon(who, args);
+        let t = text(&out);
+        assert!(
+            !out.status.success(),
+            "cordon {args:?} should have been refused: {t}"
+        );
+        t
+    }
+
+    /// `cordon run --agent bot -- psql ... -c SQL` (as nobody), launched by
+    /// `launcher` (root without a login when None).
+    fn agent(&self, launcher: Option<&str>, sql: &str) -> Command {
+        let mut cmd = self.d.cordon(&["run", "--agent", "bot", "--"]);
+        cmd.args(pg::as_nobody(pg::psql_argv(
+            self.pg.addr(),
+            "analyst",
+            SHOP_DB,
+            sql,
+        )));
+        pg::apply_client_env(&mut cmd, &[]);
+        cmd.env_remove("CORDON_ID_TOKEN")
+            .env("XDG_CACHE_HOME", self.xdg.path());
+        if let Some(t) = launcher {
+            cmd.env("CORDON_ID_TOKEN", t);
+        }
+        cmd
+    }
+
+    fn agent_output(&self, launcher: Option<&str>, sql: &str) -> Output {
+        run_with_limit(&mut self.agent(launcher, sql), LIMIT)
+    }
+
+    /// Polls `cordon approvals list` (as `who`) until a held command whose
+    /// text contains `needle` shows up.
+    fn wait_hold(&self, who: Who<'_>, needle: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let list = self.json(who, &["approvals", "list"]);
+            if let Some(h) = list["holds"].as_array().and_then(|hs| {
+                hs.iter()
+                    .find(|h| h["command"].as_str().unwrap_or("").contains(needle))
+            }) {
+                return h.clone();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no held command with `{needle}` after 20 s: {}\n{}",
+                    pretty(&list),
+                    self.d.context()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every audit event, oldest first (as root).
+    fn audit(&self) -> Vec<Value> {
+        let v = self.json(Who::Root, &["audit", "list", "--limit", "10000"]);
+        let mut events = v.as_array().cloned().unwrap_or_default();
+        events.reverse();
+        events
+    }
+
+    /// The newest session of agent `bot` that has a postgres protocol.
+    fn last_session(&self) -> Value {
+        self.d.wait_session("a postgres session", |s| {
+            s["protocol"] == "postgres" && s["verdict"] == "allow"
+        })
+    }
+
+    fn table_exists(&self, name: &str) -> bool {
+        self.pg
+            .psql_admin(
+                SHOP_DB,
+                &format!("select count(*) from pg_tables where tablename = '{name}'"),
+            )
+            .expect("psql admin")
+            .trim()
+            == "1"
+    }
+}
+
+fn has_event(events: &[Value], what: &str, who: &str, target: &str) -> bool {
+    events
+        .iter()
+        .any(|e| e["what"] == what && e["who"] == who && e["target"] == target)
+}
+
+fn rfc3339(v: &Value) -> OffsetDateTime {
+    OffsetDateTime::parse(v.as_str().unwrap_or(""), &Rfc3339)
+        .unwrap_or_else(|e| panic!("not an RFC 3339 time ({e}): {v}"))
+}
+
+#[test]
+fn jit_grant_requested_approved_used_and_cut_at_expiry() {
+    require_root!();
+    require_oidc_provider!();
+    let w = world(
+        "pg-readonly",
+        "max_ttl = \"1h\"\nactions = { read = \"pg-readonly\", admin = \"pg-dba\" }",
+        "timeout_secs = 5",
+        false,
+    );
+    let (alice, bob, carol) = (w.alice.as_str(), w.bob.as_str(), w.carol.as_str());
+    let root = Who::Root;
+
+    // No grant yet: the agent is refused.
+    let out = w.agent_output(None, "select 1");
+    assert!(!out.status.success(), "no grant, yet: {}", text(&out));
+
+    // Requests are checked: an unknown action, too long a TTL, no login.
+    let t = w.refused(
+        Who::Human(alice),
+        &[
+            "request",
+            "--agent",
+            "bot",
+            "--resource",
+            "shop",
+            "--actions",
+            "write",
+            "--ttl",
+            "5m",
+            "--reason",
+            "x",
+        ],
+    );
+    assert!(t.contains("offers no `write` action"), "{t}");
+    let t = w.refused(
+        Who::Human(alice),
+        &[
+            "request",
+            "--agent",
+            "bot",
+            "--resource",
+            "shop",
+            "--ttl",
+            "2h",
+            "--reason",
+            "x",
+        ],
+    );
+    assert!(t.contains("max_ttl"), "{t}");
+    let nobody_out = run_with_limit(
+        Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+            .arg(cordon_tests::cordon_bin())
+            .arg("--config")
+            .arg(w.d.config())
+            .args([
+                "request",
+                "--agent",
+                "bot",
+                "--resource",
+                "shop",
+                "--ttl",
+                "5m",
+                "--reason",
+                "x",
+            ])
+            .env_remove("CORDON_ID_TOKEN")
+            .env("XDG_CACHE_HOME", "/nonexistent"),
+        LIMIT,
+    );
+    assert!(
+        !nobody_out.status.success() && text(&nobody_out).contains("cordon login"),
+        "an unprivileged user without a login may not request: {}",
+        text(&nobody_out)
+    );
+
+    // Alice asks; the notification hook gets the request.
+    let g = w.json(
+        Who::Human(alice),
+        &[
+            "request",
+            "--agent",
+            "bot",
+            "--resource",
+            "shop",
+            "--actions",
+            "read",
+            "--ttl",
+            "8s",
+            "--reason",
+            "incident 4711",
+        ],
+    );
+    let id = g["id"].as_str().expect("id").to_owned();
+    assert_eq!(g["state"], "pending");
+    assert_eq!(g["requested_by"], w.name_of(alice));
+    let listed = w.json(Who::Human(bob), &["approvals", "list"]);
+    assert!(
+        listed["grants"]
+            .as_array()
+            .is_some_and(|gs| gs.iter().any(|x| x["id"] == id.as_str())),
+        "bob sees the request: {}",
+        pretty(&listed)
+    );
+
+    // Self-approval, a non-reviewer, forged and unsigned tokens: refused.
+    let t = w.refused(Who::Human(alice), &["approve", &id]);
+    assert!(t.contains("may not approve their own request"), "{t}");
+    let t = w.refused(Who::Human(carol), &["approve", &id]);
+    assert!(t.contains("approver groups (dba)"), "{t}");
+    let mut claims = jwt_payload(bob);
+    claims["sub"] = json!("mallory");
+    claims["groups"] = json!(["dba", "admins"]);
+    let forged = with_payload(bob, &claims);
+    let t = w.refused(Who::Human(&forged), &["approve", &id]);
+    assert!(t.contains("ID token refused"), "{t}");
+    let t = w.refused(Who::Human(&unsigned(bob)), &["approve", &id]);
+    assert!(t.contains("ID token refused"), "{t}");
+    let still = w.json(root, &["grants", "list"]);
+    let mine = still["jit"]
+        .as_array()
+        .and_then(|gs| gs.iter().find(|x| x["id"] == id.as_str()).cloned())
+        .expect("listed");
+    assert_eq!(mine["state"], "pending", "{}", pretty(&mine));
+
+    // Bob approves: the grant is live for 8 s from now.
+    let decided = w.json(Who::Human(bob), &["approve", &id]);
+    assert_eq!(decided["kind"], "grant");
+    assert_eq!(decided["grant"]["state"], "active", "{}", pretty(&decided));
+    let expires = rfc3339(&decided["grant"]["expires_at"]);
+
+    // The agent connects (root launched it without a login, so the session
+    // runs on behalf of the approver) and reads.
+    let out = w.agent_output(None, "select count(*) from customers");
+    assert!(out.status.success(), "{}\n{}", text(&out), w.d.context());
+    assert_eq!(text(&out).trim(), "20");
+    let s = w.last_session();
+    assert_eq!(s["grant"], id.as_str(), "{}", pretty(&s));
+    assert_eq!(s["on_behalf_of"], w.name_of(bob), "{}", pretty(&s));
+    let shown =
+        w.d.cordon_output(&["sessions", "show", s["id"].as_str().unwrap_or("")]);
+    assert!(
+        String::from_utf8_lossy(&shown.stdout)
+            .contains(&format!("on behalf of {}", w.name_of(bob))),
+        "{}",
+        text(&shown)
+    );
+
+    // Launched with Alice's login, the session runs on her behalf (and the
+    // agent does not get her token).
+    let out = w.agent_output(Some(alice), "select 1");
+    assert!(out.status.success(), "{}", text(&out));
+    let s = w.d.wait_session("alice's session", |s| {
+        s["protocol"] == "postgres" && s["on_behalf_of"] == w.name_of(alice).as_str()
+    });
+    assert_eq!(s["grant"], id.as_str());
+
+    // A long statement is cut when the grant expires, within about a second.
+    let sleeper = Background::spawn(&mut w.agent(None, "select pg_sleep(60)"), "agent");
+    let out = sleeper.finish(LIMIT);
+    let ended = OffsetDateTime::now_utc();
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("grant"), "the agent is told why: {t}");
+    let late = ended - expires;
+    assert!(
+        late < time::Duration::milliseconds(1500) && late > time::Duration::milliseconds(-200),
+        "cut {late} after the expiry at {expires}: {t}\n{}",
+        w.d.context()
+    );
+    // And new sessions are refused.
+    let out = w.agent_output(None, "select 1");
+    assert!(!out.status.success(), "after expiry: {}", text(&out));
+    let listed = w.json(root, &["grants", "list"]);
+    let mine = listed["jit"]
+        .as_array()
+        .and_then(|gs| gs.iter().find(|x| x["id"] == id.as_str()).cloned())
+        .expect("listed");
+    assert_eq!(mine["state"], "expired", "{}", pretty(&mine));
+
+    // The audit log says who did what.
+    let events = w.audit();
+    let (a, b) = (w.name_of(alice), w.name_of(bob));
+    for (what, who) in [
+        ("grant_requested", a.as_str()),
+        ("refused", a.as_str()),
+        ("refused", w.name_of(carol).as_str()),
+        ("grant_approved", b.as_str()),
+        ("grant_activated", b.as_str()),
+        ("grant_expired", "cordon"),
+    ] {
+        assert!(
+            has_event(&events, what, who, &id),
+            "no {what} by {who} for {id}:\n{}",
+            pretty(&Value::Array(events.clone()))
+        );
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| e["what"] == "auth_failed" && e["who"] == "uid:0"),
+        "the forged tokens are recorded: {}",
+        pretty(&Value::Array(events.clone()))
+    );
+    let all = serde_json::to_string(&events).unwrap_or_default();
+    assert!(
+        !all.contains(bob) && !all.contains(alice),
+        "no token in the audit log"
+    );
+    assert!(!w.d.stderr().contains(bob), "no token in the daemon's log");
+    let human = w.cordon(root, &["audit", "list"]);
+    assert!(text(&human).contains("grant_activated"), "{}", text(&human));
+    // Approvers may read the audit log; others may not.
+    let t = w.refused(Who::Human(&w.idp.id_token("dave", &[])), &["audit", "list"]);
+    assert!(t.contains("permission denied"), "{t}");
+
+    // The notification hook saw the request.
+    let notes = std::fs::read_to_string(&w.notify_log).unwrap_or_default();
+    assert!(
+        notes.contains("\"grant_request\"")
+            && notes.contains(&id)
+            && notes.contains("incident 4711"),
+        "notify_command output: {notes}"
+    );
+}
+
+#[test]
+fn revocation_cuts_a_live_session() {
+    require_root!();
+    require_oidc_provider!();
+    let w = world("pg-readonly", "approvals_required = 2", "", false);
+    let (alice, bob) = (w.alice.as_str(), w.bob.as_str());
+    let dora = w.idp.id_token("dora", &["admins"]);
+    let g = w.json(
+        Who::Human(alice),
+        &[
+            "request",
+            "--agent",
+            "bot",
+            "--resource",
+            "shop",
+            "--ttl",
+            "10m",
+            "--reason",
+            "migration",
+        ],
+    );
+    let id = g["id"].as_str().expect("id").to_owned();
+    assert_eq!(g["approvals_required"], 2);
+    let one = w.json(Who::Human(bob), &["approve", &id]);
+    assert_eq!(
+        one["grant"]["state"],
+        "pending",
+        "one of two: {}",
+        pretty(&one)
+    );
+    let t = w.refused(Who::Human(bob), &["approve", &id]);
+    assert!(t.contains("already approved"), "{t}");
+    let two = w.json(Who::Human(&dora), &["approve", &id]);
+    assert_eq!(two["grant"]["state"], "active", "{}", pretty(&two));
+
+    // Launched with Alice's login: her session.
+    let sleeper = Background::spawn(&mut w.agent(Some(alice), "select pg_sleep(60)"), "agent");
+    let s = w.d.wait_session("the sleeping session", |s| {
+        s["protocol"] == "postgres" && s["grant"] == id.as_str() && s["ended_at"].is_null()
+    });
+    assert_eq!(s["on_behalf_of"], w.name_of(alice));
+    thread::sleep(Duration::from_millis(1500));
+    let revoked = w.json(
+        Who::Human(bob),
+        &["grants", "revoke", &id, "--reason", "migration done"],
+    );
+    let at = Instant::now();
+    assert_eq!(revoked["sessions_cut"], 1, "{}", pretty(&revoked));
+    assert_eq!(revoked["grant"]["state"], "revoked");
+    let out = sleeper.finish(LIMIT);
+    let took = at.elapsed();
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "the session was cut {took:?} after the revocation: {t}\n{}",
+        w.d.context()
+    );
+    assert!(t.contains("revoked"), "the agent is told why: {t}");
+    let ended = w.d.wait_ended(s["id"].as_str().unwrap_or(""));
+    assert!(
+        ended["end_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("revoked"),
+        "{}",
+        pretty(&ended)
+    );
+    // New sessions are refused; the grant cannot be revoked twice.
+    let out = w.agent_output(None, "select 1");
+    assert!(!out.status.success(), "after revocation: {}", text(&out));
+    let t = w.refused(
+        Who::Human(bob),
+        &["grants", "revoke", &id, "--reason", "again"],
+    );
+    assert!(t.contains("not active"), "{t}");
+    let events = w.audit();
+    assert!(has_event(&events, "grant_revoked", &w.name_of(bob), &id));
+    assert!(has_event(
+        &events,
+        "grant_activated",
+        &w.name_of(&dora),
+        &id
+    ));
+}
+
+/// A daemon whose resource `shop` uses `pg-dba` (DDL needs approval), with
+/// a static grant and a 4 s approval timeout.
+fn dba_world() -> World {
+    world("pg-dba", "", "timeout_secs = 4", true)
+}
+
+#[test]
+fn held_statement_approved_runs_once() {
+    require_root!();
+    require_oidc_provider!();
+    let w = dba_world();
+    let bob = w.bob.as_str();
+    // Plain statements are not held.
+    let out = w.agent_output(None, "select count(*) from orders");
+    assert!(out.status.success(), "{}\n{}", text(&out), w.d.context());
+
+    let agent = Background::spawn(
+        &mut w.agent(None, "create table t_approved(i int)"),
+        "agent",
+    );
+    let hold = w.wait_hold(Who::Human(bob), "t_approved");
+    let id = hold["id"].as_str().expect("id").to_owned();
+    assert_eq!(hold["agent"], "bot");
+    assert_eq!(hold["resource"], "shop");
+    assert_eq!(hold["protocol"], "postgres");
+    assert_eq!(hold["command"], "create table t_approved(i int)");
+    assert_eq!(hold["rule"], "pg-dba/ddl-needs-approval");
+    assert_eq!(hold["on_behalf_of"], "uid:0", "root launched the agent");
+    assert!(!w.table_exists("t_approved"), "held means not run yet");
+    // The human listing shows the full text.
+    let listing = w.cordon(Who::Human(bob), &["approvals", "list"]);
+    assert!(
+        text(&listing).contains("create table t_approved(i int)"),
+        "{}",
+        text(&listing)
+    );
+
+    let decided = w.json(Who::Human(bob), &["approve", &id]);
+    assert_eq!(decided["kind"], "command");
+    assert_eq!(decided["outcome"], "approved");
+    let out = agent.finish(LIMIT);
+    assert!(out.status.success(), "{}\n{}", text(&out), w.d.context());
+    assert!(w.table_exists("t_approved"));
+    // Once: the database saw it once, and the approval cannot be used again.
+    let seen = w.pg.log().matches("create table t_approved(i int)").count();
+    assert_eq!(seen, 1, "{}", w.pg.log_tail());
+    let t = w.refused(Who::Human(bob), &["approve", &id]);
+    assert!(t.contains("no pending held command"), "{t}");
+
+    let events = w.audit();
+    assert!(has_event(&events, "command_held", "agent:bot", &id));
+    assert!(has_event(&events, "command_approved", &w.name_of(bob), &id));
+    let notes = std::fs::read_to_string(&w.notify_log).unwrap_or_default();
+    assert!(
+        notes.contains("\"command_hold\"") && notes.contains("t_approved") && notes.contains(&id),
+        "notify_command output: {notes}"
+    );
+}
+
+#[test]
+fn held_statement_denied_or_timed_out_returns_the_error() {
+    require_root!();
+    require_oidc_provider!();
+    let w = dba_world();
+    let bob = w.bob.as_str();
+
+    let agent = Background::spawn(&mut w.agent(None, "create table t_denied(i int)"), "agent");
+    let hold = w.wait_hold(Who::Human(bob), "t_denied");
+    let id = hold["id"].as_str().expect("id").to_owned();
+    let t = w.refused(Who::Human(bob), &["deny", &id, "--reason", ""]);
+    assert!(t.contains("reason"), "{t}");
+    let decided = w.json(
+        Who::Human(bob),
+        &["deny", &id, "--reason", "not during business hours"],
+    );
+    assert_eq!(decided["outcome"], "denied");
+    let out = agent.finish(LIMIT);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("not during business hours"), "{t}");
+    assert!(!w.table_exists("t_denied"));
+
+    let started = Instant::now();
+    let out = w.agent_output(None, "create table t_timeout(i int)");
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("within 4 s"), "{t}");
+    assert!(started.elapsed() >= Duration::from_secs(4), "{t}");
+    assert!(!w.table_exists("t_timeout"));
+
+    let events = w.audit();
+    assert!(has_event(&events, "command_denied", &w.name_of(bob), &id));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["what"] == "command_timed_out" && e["who"] == "cordon"),
+        "{}",
+        pretty(&Value::Array(events.clone()))
+    );
+}
+
+#[test]
+fn a_held_statement_cannot_be_approved_by_whom_it_runs_for() {
+    require_root!();
+    require_oidc_provider!();
+    let w = dba_world();
+    let (alice, bob, carol) = (w.alice.as_str(), w.bob.as_str(), w.carol.as_str());
+    // Alice launches the agent with her login; she reviews `shop` too.
+    let agent = Background::spawn(
+        &mut w.agent(Some(alice), "create table t_self(i int)"),
+        "agent",
+    );
+    let hold = w.wait_hold(Who::Human(alice), "t_self");
+    let id = hold["id"].as_str().expect("id").to_owned();
+    assert_eq!(hold["on_behalf_of"], w.name_of(alice));
+    let t = w.refused(Who::Human(alice), &["approve", &id]);
+    assert!(t.contains("on their behalf"), "{t}");
+    // Carol approves in general, but not `shop` (its reviewers are `dba`),
+    // and does not even see the hold.
+    let list = w.json(Who::Human(carol), &["approvals", "list"]);
+    assert_eq!(list["holds"], json!([]), "{}", pretty(&list));
+    let t = w.refused(Who::Human(carol), &["approve", &id]);
+    assert!(t.contains("approver groups"), "{t}");
+    let decided = w.json(Who::Human(bob), &["approve", &id]);
+    assert_eq!(decided["outcome"], "approved");
+    let out = agent.finish(LIMIT);
+    assert!(out.status.success(), "{}", text(&out));
+    let events = w.audit();
+    assert!(has_event(&events, "refused", &w.name_of(alice), &id));
+}
