@@ -737,3 +737,70 @@ fn agent_forwarding_is_refused_and_recorded() {
         "the refused agent forwarding is recorded: {shown}"
     );
 }
+
+#[test]
+fn a_shell_without_pty_has_every_stdin_line_checked() {
+    require_root!();
+    let (server, d, a) = start("ssh-ops");
+    let marker = server.home.join("stdin-pwned");
+    let mut cmd = agent_ssh_cmd(&d, &a, &["-T", "host"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn ssh -T");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let script = format!(
+        "echo cordon-stdin-ok\ntouch {m}\nuptime; touch {m}\necho cordon-after\n",
+        m = marker.display()
+    );
+    stdin.write_all(script.as_bytes()).expect("write");
+    drop(stdin);
+    let (out, _) = cordon_tests::wait_output(child, LIMIT);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("cordon-stdin-ok") && stdout.contains("cordon-after"),
+        "allowed lines ran: {}\n{}",
+        text(&out),
+        d.context()
+    );
+    assert!(
+        stderr.matches("cordon: denied by").count() >= 2,
+        "each refused line is explained on stderr: {stderr}"
+    );
+    assert!(!marker.exists(), "a refused stdin line reached the shell");
+}
+
+#[test]
+fn a_live_ssh_session_ends_when_its_grant_expires() {
+    require_root!();
+    let server = SshServer::start().expect("sshd");
+    let mut setup = ssh_setup(&server, "ssh-ops", Some(&server.host_key), "");
+    setup.extra = setup
+        .extra
+        .replace(FAR_FUTURE, &cordon_tests::rfc3339_from_now(6));
+    let d = Daemon::start(setup);
+    vault_set(&d, "host-key", "ssh-key", &server.client_key());
+    let a = agent_ssh(&d);
+    let mut cmd = agent_ssh_cmd(&d, &a, &["-tt", "host"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = std::time::Instant::now();
+    let mut child = cmd.spawn().expect("spawn ssh -tt");
+    let stdin = child.stdin.take().expect("stdin");
+    // The session stays open (stdin held) until Cordon ends it.
+    let (out, timed_out) = cordon_tests::wait_output(child, Duration::from_secs(30));
+    drop(stdin);
+    assert!(!timed_out, "the session was not cut at grant expiry");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "cut too late: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        text(&out).contains("expired"),
+        "the agent is told the grant expired: {}",
+        text(&out)
+    );
+}

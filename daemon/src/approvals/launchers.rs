@@ -83,27 +83,28 @@ impl Launchers {
 
     /// Who launched `pid` (or its nearest remembered ancestor) as `agent`.
     pub fn find(&self, pid: u32, agent: &str) -> Option<Launcher> {
-        let map = self.map.lock().ok()?;
-        if map.is_empty() {
+        if self.map.lock().ok()?.is_empty() {
             return None;
         }
+        // The chain is read from /proc without holding the lock.
+        let mut chain = Vec::new();
         let mut pid = pid;
-        for _ in 0..MAX_DEPTH {
-            if pid <= 1 {
-                return None;
-            }
-            let (ppid, start) = stat(pid)?;
-            if let Some(l) = map.get(&pid) {
-                if l.start_time == start && l.agent == agent {
-                    return Some(Launcher {
-                        who: l.who.clone(),
-                        human: l.human,
-                    });
-                }
-            }
+        while pid > 1 && chain.len() < MAX_DEPTH {
+            let Some((ppid, start)) = stat(pid) else {
+                break;
+            };
+            chain.push((pid, start));
             pid = ppid;
         }
-        None
+        let map = self.map.lock().ok()?;
+        chain.into_iter().find_map(|(pid, start)| {
+            map.get(&pid)
+                .filter(|l| l.start_time == start && l.agent == agent)
+                .map(|l| Launcher {
+                    who: l.who.clone(),
+                    human: l.human,
+                })
+        })
     }
 
     /// Forgets launched processes that have exited.

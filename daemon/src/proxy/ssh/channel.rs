@@ -44,6 +44,9 @@ enum Mode {
     Plain,
     /// An interactive shell with a pty: typed lines are checked.
     Typed(LineWatch),
+    /// A shell without a pty: it reads commands from stdin, line by line; every line is
+    /// checked before the shell sees it (a denied line never reaches the host).
+    Lines(Vec<u8>),
     /// The sftp subsystem: every packet is inspected.
     Sftp,
 }
@@ -96,6 +99,15 @@ async fn from_agent(sh: Arc<Shared>, mut rx: ChannelReadHalf, up: ChannelWriteHa
             ChannelMsg::Data { data } => agent_data(&sh, &up, &mut mode, &policy, data).await,
             ChannelMsg::ExtendedData { .. } => true,
             ChannelMsg::Eof => {
+                // A last line without a newline is a command too.
+                if let Mode::Lines(rest) = &mut mode {
+                    if !rest.is_empty() {
+                        let line = std::mem::take(rest);
+                        if let Some(pass) = stdin_line(&sh, &policy, line).await {
+                            let _ = up.data_bytes(pass).await;
+                        }
+                    }
+                }
                 sh.conn.recorder.event(sh.rec, EventKind::Eof);
                 up.eof().await.is_ok()
             }
@@ -209,7 +221,7 @@ async fn from_agent(sh: Arc<Shared>, mut rx: ChannelReadHalf, up: ChannelWriteHa
                             mode = if pty {
                                 Mode::Typed(LineWatch::default())
                             } else {
-                                Mode::Plain
+                                Mode::Lines(Vec::new())
                             };
                         }
                         reply(&sh, ok).await
@@ -306,6 +318,36 @@ async fn agent_data(
                 },
             );
             up.data_bytes(data).await.is_ok()
+        }
+        Mode::Lines(partial) => {
+            sh.conn.recorder.event(
+                sh.rec,
+                EventKind::Input {
+                    data: data.to_vec(),
+                },
+            );
+            let mut pass = Vec::with_capacity(data.len());
+            for &b in data.iter() {
+                partial.push(b);
+                if b == b'\n' {
+                    let line = std::mem::take(partial);
+                    if let Some(ok) = stdin_line(sh, policy, line).await {
+                        pass.extend_from_slice(&ok);
+                    }
+                } else if partial.len() > MAX_TYPED_LINE {
+                    // Not a command line any checker could follow: refuse it whole.
+                    partial.clear();
+                    let d = SshDecision {
+                        action: Action::Deny,
+                        rule: "builtin/typed-line".into(),
+                        reason: format!("a line longer than {MAX_TYPED_LINE} bytes"),
+                    };
+                    record_decision(sh, "stdin-line", "", &d);
+                    say_stderr(sh, &denial_text(&d, "this line")).await;
+                    return false;
+                }
+            }
+            pass.is_empty() || up.data_bytes(pass).await.is_ok()
         }
         Mode::Typed(watch) => {
             sh.conn.recorder.event(
@@ -564,6 +606,50 @@ async fn reply(sh: &Shared, ok: bool) -> bool {
         sh.handle.channel_failure(sh.agent_id).await
     };
     r.is_ok()
+}
+
+/// One line a pty-less shell would read from stdin: checked like a typed line. Some(bytes) to
+/// pass on; None when it was refused (the agent reads why on stderr; the shell never sees it).
+async fn stdin_line(sh: &Shared, policy: &SshPolicy, line: Vec<u8>) -> Option<Vec<u8>> {
+    let text = String::from_utf8(line.clone()).ok();
+    let trimmed = text
+        .as_deref()
+        .map(|t| t.trim_end_matches(['\n', '\r']).to_owned());
+    let d = match &trimmed {
+        Some(t) if t.trim().is_empty() => return Some(line),
+        Some(t) => {
+            let d = policy.decide_typed_line(t);
+            record_decision(sh, "stdin-line", t, &d);
+            held(sh, "stdin-line", t, d).await
+        }
+        None => {
+            let d = SshDecision {
+                action: Action::Deny,
+                rule: "builtin/typed-line".into(),
+                reason: "the line is not valid UTF-8".into(),
+            };
+            record_decision(sh, "stdin-line", "", &d);
+            d
+        }
+    };
+    if d.action == Action::Allow {
+        Some(line)
+    } else {
+        say_stderr(sh, &denial_text(&d, "this line")).await;
+        None
+    }
+}
+
+/// A line of Cordon's on the channel's stderr, recorded as what the agent saw.
+async fn say_stderr(sh: &Shared, text: &str) {
+    let line = format!("{text}\n");
+    sh.conn.recorder.event(
+        sh.rec,
+        EventKind::Stderr {
+            data: line.clone().into_bytes(),
+        },
+    );
+    let _ = sh.agent_tx.extended_data_bytes(1, line.into_bytes()).await;
 }
 
 /// A decision that needs approval: the request waits (the agent's client just waits) until a
