@@ -157,6 +157,34 @@ fn sshd() -> Result<Sshd> {
     })
 }
 
+/// CPU seconds (user + system) a process used, with its reaped children.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the `(comm)`: state is field 3; utime 14, stime 15, cutime 16, cstime 17.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse::<f64>().unwrap_or(0.0))
+        .collect();
+    let ticks: f64 = f.get(11..15).map_or(0.0, |v| v.iter().sum());
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / if hz > 0.0 { hz } else { 100.0 }
+}
+
+/// CPU seconds this process's reaped children used (the ssh clients).
+fn children_cpu_secs() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -232,7 +260,11 @@ pub fn run_bench() -> Result<()> {
     let cat = ["cat", big.as_str()];
 
     println!("ssh bench: sshd 127.0.0.1:{}, 1 GiB cat x{BULK_ROUNDS}, {EXECS} x `true` x{EXEC_ROUNDS}, alternating", sshd.port);
+    let sshd_pid = sshd._service.0.id();
+    let daemon_pid = daemon.pid().unwrap_or(0);
     let mut bulk: [Vec<f64>; 2] = Default::default();
+    // CPU seconds per GiB moved, all processes on the path (client, sshd, cordon).
+    let mut cpu: [Vec<f64>; 2] = Default::default();
     for round in 0..BULK_ROUNDS {
         for (i, mk) in [&direct as &dyn Fn(&[&str]) -> Command, &through]
             .iter()
@@ -240,6 +272,7 @@ pub fn run_bench() -> Result<()> {
         {
             let mut c = mk(&cat);
             c.stdout(Stdio::piped()).stderr(Stdio::piped());
+            let cpu0 = cpu_secs(sshd_pid) + cpu_secs(daemon_pid) + children_cpu_secs();
             let t = Instant::now();
             let mut child = c.spawn().context("ssh cat")?;
             let mut out = child.stdout.take().context("stdout")?;
@@ -257,12 +290,19 @@ pub fn run_bench() -> Result<()> {
                 );
             }
             let mbps = n as f64 / secs / 1e6;
+            // sshd's per-connection child is reaped by the listener: give it a moment.
+            std::thread::sleep(Duration::from_millis(300));
+            let used = cpu_secs(sshd_pid) + cpu_secs(daemon_pid) + children_cpu_secs() - cpu0;
             println!(
-                "  round {round} {:>6}: {mbps:8.1} MB/s",
-                ["direct", "cordon"][i.min(1)]
+                "  round {round} {:>6}: {mbps:8.1} MB/s, {used:5.1} CPU s on the path ({:.2} cores busy)",
+                ["direct", "cordon"][i.min(1)],
+                used / secs
             );
             if let Some(v) = bulk.get_mut(i) {
                 v.push(mbps);
+            }
+            if let Some(v) = cpu.get_mut(i) {
+                v.push(used);
             }
         }
     }
@@ -285,6 +325,8 @@ pub fn run_bench() -> Result<()> {
             }
         }
     }
+    let [cd, cc] = cpu;
+    let (cd, cc) = (median(cd), median(cc));
     let [bd, bc] = bulk;
     let [ld, lc] = lat;
     let (bd, bc, ld, lc) = (median(bd), median(bc), median(ld), median(lc));
@@ -299,6 +341,12 @@ pub fn run_bench() -> Result<()> {
     println!(
         "| `ssh host true` latency p50 ({EXECS}x{EXEC_ROUNDS}) | {ld:.1} ms | {lc:.1} ms | {lr:.2}x | <= {LATENCY_TARGET}x {} |",
         if lr <= LATENCY_TARGET { "met" } else { "MISSED" }
+    );
+    println!(
+        "| CPU seconds per GiB, all processes on the path | {cd:.1} | {cc:.1} | {:.2}x | (the box has {} cores: cordon's ceiling is about direct x {:.2}) |",
+        cc / cd,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cd / cc
     );
     drop(daemon);
     let _ = fs::remove_dir_all(&sshd.dir);

@@ -126,6 +126,11 @@ impl Daemon {
         bail!("cordon daemon did not become ready within 20 s")
     }
 
+    /// The daemon's pid (for CPU accounting).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `cordon --config <this daemon's config>`.
     pub fn cli(&self) -> Command {
         let mut c = Command::new(&self.cordon);

@@ -24,7 +24,8 @@ pub enum End {
     Closed,
     AgentError(String),
     UpstreamError(String),
-    GrantExpired,
+    /// The grant ended (expired or revoked): why.
+    GrantEnded(String),
     /// One direction reached EOF and the other stayed open this long.
     HalfClosed(std::time::Duration),
     Internal(String),
@@ -37,7 +38,7 @@ impl End {
             End::Internal(e) => format!("cordon failed: {e}"),
             End::AgentError(e) => format!("agent side failed: {e}"),
             End::UpstreamError(e) => format!("upstream side failed: {e}"),
-            End::GrantExpired => "grant expired: session closed by cordon".into(),
+            End::GrantEnded(why) => format!("{why}: session closed by cordon"),
             End::HalfClosed(d) => format!("half-closed for {} s: closed by cordon", d.as_secs()),
         }
     }
@@ -88,7 +89,7 @@ pub async fn serve(
         mut record,
         admitted,
         deadline,
-        cutoff: _cutoff,
+        mut cutoff,
     } = ctx;
     let target = admitted.resource.address;
     let timeout = gw.config.daemon.upstream_connect_timeout;
@@ -115,7 +116,8 @@ pub async fn serve(
             );
             let end = tokio::select! {
                 end = relaying => end,
-                () = tokio::time::sleep_until(deadline) => End::GrantExpired,
+                () = tokio::time::sleep_until(deadline) => End::GrantEnded("the grant expired".into()),
+                why = cutoff.fired() => End::GrantEnded(why),
             };
             // Both pumps ran to EOF, so both pipes are empty: reuse them.
             if end == End::Closed {
@@ -128,10 +130,10 @@ pub async fn serve(
     };
     record.bytes_up = up.load(Ordering::Relaxed);
     record.bytes_down = down.load(Ordering::Relaxed);
-    match end {
-        End::GrantExpired => {
+    match &end {
+        End::GrantEnded(why) => {
             reset(agent);
-            tracing::info!("grant expired: live session closed");
+            tracing::info!(why = %why, "grant ended: live session closed");
         }
         End::HalfClosed(_) => {
             // Cut, not finished: both peers see a reset rather than a clean

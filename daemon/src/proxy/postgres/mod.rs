@@ -329,7 +329,7 @@ pub async fn serve(
         mut record,
         admitted,
         deadline,
-        cutoff: _cutoff,
+        cutoff,
     } = ctx;
     let shared = &gw.postgres;
     let Some(pg) = admitted.resource.postgres.clone() else {
@@ -375,8 +375,12 @@ pub async fn serve(
         &start.database,
         now,
     );
-    let deadline = match grant {
-        Ok(g) => deadline.min(tokio::time::Instant::now() + (g.expires - now).unsigned_abs()),
+    let (deadline, policy) = match grant {
+        Ok(g) => (
+            deadline.min(tokio::time::Instant::now() + (g.expires - now).unsigned_abs()),
+            // A just-in-time grant's action may name its own policy.
+            g.postgres_policy(&pg.policy),
+        ),
         Err(e) => {
             let msg = format!("cordon: {e}");
             let _ = send(&mut conn, &fatal("28000", &msg)).await;
@@ -472,7 +476,7 @@ pub async fn serve(
         session: record.id,
         resource: admitted.resource.name.clone(),
         database: start.database.clone(),
-        policy: pg.policy.clone(),
+        policy,
         credential: pg.credential.clone(),
         upstream_user: pg
             .upstream_user
@@ -481,7 +485,9 @@ pub async fn serve(
         status: up.status,
         agent: admitted.principal.agent.to_string(),
     });
-    let outcome = session.run(agent_stream, buf, up.stream, deadline).await;
+    let outcome = session
+        .run(agent_stream, buf, up.stream, deadline, cutoff)
+        .await;
     if let Some(k) = cancel_key {
         shared.forget_cancel(k);
     }

@@ -190,7 +190,8 @@ pub struct Session {
 
 /// Why the relay stops.
 enum Stop {
-    GrantExpired,
+    /// The grant ended (expired or revoked): why.
+    GrantEnded(String),
     Agent(String),
     Upstream(String),
     Internal(String),
@@ -250,6 +251,7 @@ impl Session {
         mut agent_in: BytesMut,
         mut upstream: Stream,
         deadline: tokio::time::Instant,
+        mut cutoff: crate::grants::Cutoff,
     ) -> Outcome {
         let mut up_in = BytesMut::with_capacity(64 * 1024);
         let mut bytes_up = 0u64;
@@ -283,7 +285,8 @@ impl Session {
                         }
                         Err(e) => break Stop::Upstream(e.to_string()),
                     },
-                    () = tokio::time::sleep_until(deadline) => break Stop::GrantExpired,
+                    () = tokio::time::sleep_until(deadline) => break Stop::GrantEnded("the grant for this session expired".into()),
+                    why = cutoff.fired() => break Stop::GrantEnded(why),
                 }
                 if let Err(stop) = self
                     .flush(&mut agent, &mut upstream, &mut bytes_up, &mut bytes_down)
@@ -303,12 +306,9 @@ impl Session {
         let (end, last_words) = match stop {
             Stop::Closed => (End::Closed, None),
             Stop::Agent(e) => (End::AgentError(e), None),
-            Stop::GrantExpired => (
-                End::GrantExpired,
-                Some((
-                    "57P01",
-                    "the grant for this session expired; the session is closed".to_owned(),
-                )),
+            Stop::GrantEnded(why) => (
+                End::GrantEnded(why.clone()),
+                Some(("57P01", format!("{why}; the session is closed"))),
             ),
             Stop::Upstream(e) => {
                 let msg = format!("the upstream connection failed: {e}");

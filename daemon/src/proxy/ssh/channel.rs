@@ -91,7 +91,12 @@ pub(super) async fn run(
 }
 
 async fn from_agent(sh: Arc<Shared>, mut rx: ChannelReadHalf, up: ChannelWriteHalf<client::Msg>) {
-    let policy = sh.conn.ssh.policy.clone();
+    let policy = sh
+        .conn
+        .policy
+        .get()
+        .cloned()
+        .unwrap_or_else(|| sh.conn.ssh.policy.clone());
     let mut mode = Mode::Idle;
     let mut pty = false;
     while let Some(msg) = rx.wait().await {

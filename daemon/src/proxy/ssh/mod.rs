@@ -223,6 +223,8 @@ pub(crate) struct Conn {
     pub agent: crate::config::AgentName,
     pub session: crate::audit::SessionId,
     pub recorder: Recorder,
+    /// The command policy of this session: set at login from the grant that admitted it.
+    pub policy: std::sync::OnceLock<Arc<crate::policy::ssh::SshPolicy>>,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
     pub channels: AtomicU32,
@@ -465,7 +467,7 @@ impl AgentHandler {
             };
         }
         let now = time::OffsetDateTime::now_utc();
-        crate::grants::check_login(
+        let grant = crate::grants::check_login(
             &self.conn.gw.config,
             self.conn.gw.approvals.active(),
             &self.conn.agent,
@@ -474,6 +476,11 @@ impl AgentHandler {
             now,
         )
         .map_err(|e| e.to_string())?;
+        // A just-in-time grant's action may name its own policy.
+        let _ = self
+            .conn
+            .policy
+            .set(grant.ssh_policy(&self.conn.ssh.policy));
         let up = match self.upstream.as_mut() {
             Some(Ok(up)) => up,
             Some(Err(e)) => return Err(e.clone()),
@@ -528,7 +535,7 @@ pub async fn serve(
         mut record,
         admitted,
         deadline,
-        cutoff: _cutoff,
+        mut cutoff,
     } = ctx;
     let Some(ssh) = admitted.resource.ssh.clone() else {
         record.end_reason = Some("internal error: ssh resource without settings".into());
@@ -542,6 +549,7 @@ pub async fn serve(
         agent: admitted.principal.agent.clone(),
         session: record.id,
         recorder,
+        policy: std::sync::OnceLock::new(),
         bytes_up: AtomicU64::new(0),
         bytes_down: AtomicU64::new(0),
         channels: AtomicU32::new(0),
@@ -593,16 +601,26 @@ pub async fn serve(
     };
     let handle = running.handle();
     tokio::pin!(running);
-    let outcome = tokio::select! {
-        r = &mut running => match r {
+    let ended = tokio::select! {
+        r = &mut running => Err(match r {
             Ok(()) => None,
             Err(e) => Some(format!("agent connection error: {e}")),
-        },
-        () = tokio::time::sleep_until(deadline) => {
-            let why = format!("the grant for `{}` on `{}` expired", conn.agent, conn.resource.name);
+        }),
+        () = tokio::time::sleep_until(deadline) => Ok(format!(
+            "the grant for `{}` on `{}` expired", conn.agent, conn.resource.name
+        )),
+        why = cutoff.fired() => Ok(why),
+    };
+    let outcome = match ended {
+        Err(outcome) => outcome,
+        Ok(why) => {
             conn.set_end(why.clone());
             let _ = handle
-                .disconnect(Disconnect::ByApplication, format!("cordon: {why}"), "en".into())
+                .disconnect(
+                    Disconnect::ByApplication,
+                    format!("cordon: {why}"),
+                    "en".into(),
+                )
                 .await;
             // Give the disconnect a moment to leave, then drop everything.
             let _ = tokio::time::timeout(Duration::from_millis(500), &mut running).await;
