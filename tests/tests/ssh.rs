@@ -804,3 +804,107 @@ fn a_live_ssh_session_ends_when_its_grant_expires() {
         text(&out)
     );
 }
+
+/// A policy where `echo held-*` needs approval, in `dir`.
+fn held_policy(dir: &Path) -> PathBuf {
+    let path = dir.join("ssh-held.toml");
+    fs::write(
+        &path,
+        "[policy]\nname = \"ssh-held\"\nprotocol = \"ssh\"\ndefault = \"deny\"\n\n\
+         [[rule]]\nname = \"needs-a-human\"\naction = \"approve\"\ncommands = [\"echo held-*\"]\n\n\
+         [[rule]]\nname = \"basics\"\naction = \"allow\"\ncommands = [\"uptime\"]\n",
+    )
+    .expect("write policy");
+    path
+}
+
+/// Polls `cordon approvals list --json` (as `token`'s holder) for a held command.
+fn wait_hold(d: &Daemon, token: &str, needle: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut cmd = d.cordon(&["approvals", "list", "--json"]);
+        cmd.env("CORDON_ID_TOKEN", token);
+        let out = run_with_limit(&mut cmd, LIMIT);
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if let Some(h) = list["holds"].as_array().and_then(|hs| {
+            hs.iter()
+                .find(|h| h["command"].as_str().unwrap_or("").contains(needle))
+                .cloned()
+        }) {
+            return h;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no held command `{needle}`: {}\n{}",
+            text(&out),
+            d.context()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn held_ssh_commands_wait_for_a_reviewer() {
+    require_root!();
+    cordon_tests::require_oidc_provider!();
+    let idp = cordon_tests::oidc::OidcProvider::start();
+    let server = SshServer::start().expect("sshd");
+    let policy_dir = tempfile::tempdir().expect("tempdir");
+    let policy = held_policy(policy_dir.path());
+    let mut setup = ssh_setup(
+        &server,
+        &policy.display().to_string(),
+        Some(&server.host_key),
+        "approvers = [\"ops\"]\n",
+    );
+    setup.extra = format!(
+        "{}\n[approvals]\ntimeout_secs = 30\n{}",
+        idp.config_table("approver_groups = [\"approvers\"]"),
+        setup.extra
+    );
+    let d = Daemon::start(setup);
+    vault_set(&d, "host-key", "ssh-key", &server.client_key());
+    let a = agent_ssh(&d);
+    let bob = idp.id_token("bob", &["ops"]);
+
+    // Approved: the command runs once, the agent's client simply waited.
+    let agent = cordon_tests::Background::spawn(
+        &mut agent_ssh_cmd(&d, &a, &["host", "echo held-one"]),
+        "ssh held-one",
+    );
+    let hold = wait_hold(&d, &bob, "held-one");
+    assert_eq!(hold["protocol"], "ssh", "{hold}");
+    assert_eq!(hold["rule"], "ssh-held/needs-a-human", "{hold}");
+    let id = hold["id"].as_str().expect("id").to_owned();
+    let mut approve = d.cordon(&["approve", &id]);
+    approve.env("CORDON_ID_TOKEN", &bob);
+    let out = run_with_limit(&mut approve, LIMIT);
+    assert!(out.status.success(), "approve: {}", text(&out));
+    let out = agent.finish(LIMIT);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("held-one"),
+        "the approved command ran: {}\n{}",
+        text(&out),
+        d.context()
+    );
+
+    // Denied: the agent reads the reviewer's reason, exit 126, nothing ran.
+    let agent = cordon_tests::Background::spawn(
+        &mut agent_ssh_cmd(&d, &a, &["host", "echo held-two"]),
+        "ssh held-two",
+    );
+    let hold = wait_hold(&d, &bob, "held-two");
+    let id = hold["id"].as_str().expect("id").to_owned();
+    let mut deny = d.cordon(&["deny", &id, "--reason", "not during the freeze"]);
+    deny.env("CORDON_ID_TOKEN", &bob);
+    let out = run_with_limit(&mut deny, LIMIT);
+    assert!(out.status.success(), "deny: {}", text(&out));
+    let out = agent.finish(LIMIT);
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not during the freeze"),
+        "the reviewer's reason reaches the agent: {}",
+        text(&out)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("held-two"));
+}

@@ -76,7 +76,6 @@ impl LiveGrant {
     }
 
     /// The SQL policy a postgres session under this grant applies.
-
     pub fn postgres_policy(
         &self,
         resource_policy: &Arc<crate::policy::Policy>,
@@ -88,7 +87,6 @@ impl LiveGrant {
     }
 
     /// The command policy an ssh session under this grant applies.
-
     pub fn ssh_policy(
         &self,
         resource_policy: &Arc<crate::policy::ssh::SshPolicy>,
@@ -404,7 +402,6 @@ impl Cutoff {
     /// Resolves when the session must end now, with why (the grant expired,
     /// or was revoked and by whom). Cancel-safe, and once fired it resolves
     /// at once on every later call, so it can sit in a `select!` loop.
-
     pub async fn fired(&mut self) -> String {
         let expires = self.expires;
         let what = self.what.clone();
