@@ -706,3 +706,65 @@ fn a_held_statement_cannot_be_approved_by_whom_it_runs_for() {
     let events = w.audit();
     assert!(has_event(&events, "refused", &w.name_of(alice), &id));
 }
+
+#[test]
+fn the_notify_url_gets_the_pending_hold_as_json() {
+    require_root!();
+    require_oidc_provider!();
+    // A webhook receiver on loopback: keeps every request it is sent.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut got = Vec::new();
+            let mut buf = [0u8; 8192];
+            // Read the head, then the body its Content-Length announces.
+            loop {
+                match std::io::Read::read(&mut stream, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(buf.get(..n).unwrap_or_default()),
+                }
+                let text = String::from_utf8_lossy(&got).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())
+                                .flatten()
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+            }
+            let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
+            let _ = tx.send(String::from_utf8_lossy(&got).into_owned());
+        }
+    });
+    let w = world(
+        "pg-dba",
+        "",
+        &format!("timeout_secs = 20\nnotify_url = \"http://127.0.0.1:{port}/hook\""),
+        true,
+    );
+    let bob = w.bob.as_str();
+    let agent = Background::spawn(&mut w.agent(None, "create table t_hooked(i int)"), "agent");
+    let hold = w.wait_hold(Who::Human(bob), "t_hooked");
+    let id = hold["id"].as_str().expect("id").to_owned();
+    let request = rx
+        .recv_timeout(Duration::from_secs(15))
+        .unwrap_or_else(|_| panic!("the webhook got nothing\n{}", w.d.context()));
+    assert!(request.starts_with("POST /hook "), "{request}");
+    let body = request.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let json: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert!(json.to_string().contains(&id), "{json}");
+    assert!(json.to_string().contains("t_hooked"), "{json}");
+    let _ = w.json(Who::Human(bob), &["deny", &id, "--reason", "hook test"]);
+    let _ = agent.finish(LIMIT);
+}

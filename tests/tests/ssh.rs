@@ -908,3 +908,103 @@ fn held_ssh_commands_wait_for_a_reviewer() {
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("held-two"));
 }
+
+#[test]
+fn jit_grant_opens_ssh_and_its_expiry_cuts_the_session() {
+    require_root!();
+    cordon_tests::require_oidc_provider!();
+    let idp = cordon_tests::oidc::OidcProvider::start();
+    let server = SshServer::start().expect("sshd");
+    let mut setup = ssh_setup(
+        &server,
+        "ssh-ops",
+        Some(&server.host_key),
+        "approvers = [\"ops\"]\nmax_ttl = \"1h\"\n",
+    );
+    // No static grant: only the just-in-time one below.
+    let grant_at = setup.extra.find("[[grant]]").expect("grant table");
+    setup.extra.truncate(grant_at);
+    setup.extra = format!(
+        "{}\n[approvals]\ntimeout_secs = 30\n{}",
+        idp.config_table("approver_groups = [\"approvers\"]"),
+        setup.extra
+    );
+    let d = Daemon::start(setup);
+    vault_set(&d, "host-key", "ssh-key", &server.client_key());
+    let alice = idp.id_token("alice", &["ops"]);
+    let bob = idp.id_token("bob", &["ops"]);
+
+    let out = agent_ssh_run(&d, &agent_ssh_no_grant(&d), &["host", "uptime"]);
+    assert!(!out.status.success(), "no grant yet: {}", text(&out));
+
+    let mut ask = d.cordon(&[
+        "request",
+        "--agent",
+        "bot",
+        "--resource",
+        "host",
+        "--ttl",
+        "8s",
+        "--reason",
+        "disk full",
+        "--json",
+    ]);
+    ask.env("CORDON_ID_TOKEN", &alice);
+    let out = run_with_limit(&mut ask, LIMIT);
+    assert!(out.status.success(), "request: {}", text(&out));
+    let g: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let id = g["id"].as_str().expect("id").to_owned();
+    let mut own = d.cordon(&["approve", &id]);
+    own.env("CORDON_ID_TOKEN", &alice);
+    let out = run_with_limit(&mut own, LIMIT);
+    assert!(!out.status.success(), "self-approval must be refused");
+    let mut approve = d.cordon(&["approve", &id]);
+    approve.env("CORDON_ID_TOKEN", &bob);
+    let out = run_with_limit(&mut approve, LIMIT);
+    assert!(out.status.success(), "approve: {}", text(&out));
+
+    let a = agent_ssh(&d);
+    let out = agent_ssh_run(&d, &a, &["-l", TEST_USER, "host", "uptime"]);
+    assert!(
+        out.status.success(),
+        "the approved grant admits the agent: {}\n{}",
+        text(&out),
+        d.context()
+    );
+    // A live interactive session is cut when the grant runs out.
+    let mut cmd = agent_ssh_cmd(&d, &a, &["-tt", "-l", TEST_USER, "host"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn ssh -tt");
+    let stdin = child.stdin.take().expect("stdin");
+    let (out, timed_out) = cordon_tests::wait_output(child, Duration::from_secs(30));
+    drop(stdin);
+    assert!(!timed_out, "the session outlived its just-in-time grant");
+    assert!(text(&out).contains("expired"), "{}", text(&out));
+}
+
+/// known_hosts and ssh_config without a live grant: `ssh-config` refuses then, so this writes
+/// a minimal config by hand (the agent's attempt must fail at Cordon, not at the client).
+fn agent_ssh_no_grant(d: &Daemon) -> AgentSsh {
+    let dir = d.setup.dir.path().join("agent-ssh-nogrant");
+    let _ = fs::create_dir(&dir);
+    let config = dir.join("config");
+    let addr = d
+        .setup
+        .extra
+        .split("address = \"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or("127.0.0.1:22")
+        .to_owned();
+    let (ip, port) = addr.rsplit_once(':').unwrap_or(("127.0.0.1", "22"));
+    fs::write(
+        &config,
+        format!(
+            "Host host\n  HostName {ip}\n  Port {port}\n  User {TEST_USER}\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  BatchMode yes\n"
+        ),
+    )
+    .expect("write config");
+    AgentSsh { config }
+}

@@ -47,20 +47,20 @@ pub fn ssh_config(gw: &Gateway, agent: &str) -> Result<Response, Response> {
         .iter()
         .filter(|r| r.protocol == Protocol::Ssh)
         .filter_map(|r| {
+            // Static or just-in-time: any grant that would admit the agent now.
+            crate::grants::check(&gw.config, gw.approvals.active(), &name, &r.name, now).ok()?;
             let live: Vec<_> = gw
                 .config
                 .grants
                 .iter()
                 .filter(|g| g.agent == name && g.resource == r.name && g.expires > now)
                 .collect();
-            if live.is_empty() {
-                return None;
-            }
             // One pinned login across the live grants is what the agent should use.
             let mut logins: Vec<&str> = live.iter().filter_map(|g| g.login.as_deref()).collect();
             logins.dedup();
             let login = match (logins.as_slice(), live.iter().any(|g| g.login.is_none())) {
                 ([one], false) => Some((*one).to_owned()),
+                // Only a just-in-time grant (no login pins): the agent names the user.
                 _ => None,
             };
             Some(SshHost {
