@@ -669,6 +669,27 @@ impl Daemon {
         cmd
     }
 
+    /// `cordon vault set NAME --kind KIND` with `secret` on stdin (never in argv); panics
+    /// with the CLI's stderr when it fails.
+    pub fn vault_set(&self, name: &str, kind: &str, secret: &str) {
+        let mut cmd = self.cordon(&["vault", "set", name, "--kind", kind]);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn cordon vault set");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(secret.as_bytes())
+                .expect("write the secret to cordon vault set");
+        }
+        let out = child.wait_with_output().expect("cordon vault set");
+        assert!(
+            out.status.success(),
+            "vault set failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Runs `cordon --config F ARGS...` to completion.
     pub fn cordon_output(&self, args: &[&str]) -> Output {
         run_with_limit(&mut self.cordon(args), PROBE_TIME_LIMIT)

@@ -17,7 +17,7 @@
 use std::{
     io::Write as _,
     path::PathBuf,
-    process::{Command, Output, Stdio},
+    process::{Command, Output},
     thread,
     time::{Duration, Instant},
 };
@@ -85,7 +85,7 @@ fn world(policy: &str, resource_extra: &str, approvals: &str, grant: bool) -> Wo
         addr = pg.addr(),
     );
     let d = Daemon::start(setup);
-    vault_set(&d, "shop-db", &pg.password(ROLE_SCRAM));
+    d.vault_set("shop-db", "password", &pg.password(ROLE_SCRAM));
     let alice = idp.id_token("alice", &["dba"]);
     let bob = idp.id_token("bob", &["dba"]);
     let carol = idp.id_token("carol", &["approvers"]);
@@ -99,26 +99,6 @@ fn world(policy: &str, resource_extra: &str, approvals: &str, grant: bool) -> Wo
         carol,
         notify_log,
     }
-}
-
-fn vault_set(d: &Daemon, name: &str, secret: &str) {
-    let mut cmd = d.cordon(&["vault", "set", name]);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn cordon vault set");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(secret.as_bytes())
-        .expect("write secret");
-    let out = child.wait_with_output().expect("vault set");
-    assert!(
-        out.status.success(),
-        "vault set failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn text(out: &Output) -> String {

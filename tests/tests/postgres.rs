@@ -36,26 +36,6 @@ fn pg_setup(addr: &str, policy: &str, upstream_user: Option<&str>, more: &str) -
     s
 }
 
-fn vault_set(d: &Daemon, name: &str, secret: &str) {
-    let mut cmd = d.cordon(&["vault", "set", name]);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn cordon vault set");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(secret.as_bytes())
-        .expect("write secret");
-    let out = child.wait_with_output().expect("vault set");
-    assert!(
-        out.status.success(),
-        "vault set failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Runs `argv` inside agent `bot` as nobody, with the libpq environment
 /// cleaned and `env` added.
 fn agent_run(d: &Daemon, argv: Vec<String>, env: &[(&str, &str)]) -> Output {
@@ -117,7 +97,7 @@ fn readonly_agent_reads_masked_data_and_is_denied_the_rest() {
         "",
     ));
     let password = pg.password(ROLE_SCRAM);
-    vault_set(&d, "shop-db", &password);
+    d.vault_set("shop-db", "password", &password);
 
     // psql, no password anywhere: the rows come back, emails masked.
     let out = agent_run(
@@ -269,14 +249,14 @@ fn upstream_auth_methods_rotation_cancel_and_grant_pins() {
     let d = Daemon::start(setup);
     for role in [ROLE_MD5, ROLE_PLAIN, ROLE_SCRAM] {
         // Rotation: a new secret applies to the next session, no restart.
-        vault_set(&d, "shop-db", &pg.password(role));
+        d.vault_set("shop-db", "password", &pg.password(role));
         let out = pgclient(&d, &pg, role, &["query", "select current_user"]);
         let t = text(&out);
         assert!(out.status.success(), "{role}: {t}\n{}", d.context());
         assert_eq!(t.trim(), role);
     }
     // A wrong vaulted password: the agent gets a clear error, not the secret.
-    vault_set(&d, "shop-db", "not-the-password");
+    d.vault_set("shop-db", "password", "not-the-password");
     let out = pgclient(&d, &pg, ROLE_SCRAM, &["query", "select 1"]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(2), "{t}");
@@ -284,7 +264,7 @@ fn upstream_auth_methods_rotation_cancel_and_grant_pins() {
         t.contains("cordon could not open the upstream session"),
         "{t}"
     );
-    vault_set(&d, "shop-db", &pg.password(ROLE_SCRAM));
+    d.vault_set("shop-db", "password", &pg.password(ROLE_SCRAM));
 
     // The grant pins the database.
     let out = agent_run(
@@ -351,7 +331,7 @@ fn tls_on_both_sides() {
         Some(ROLE_SCRAM),
         &more,
     ));
-    vault_set(&d, "shop-db", &pg.password(ROLE_SCRAM));
+    d.vault_set("shop-db", "password", &pg.password(ROLE_SCRAM));
     let ca = d.config().parent().expect("dir").join("state/ca.crt");
     // Agents may read the CA certificate.
     let _ = std::fs::set_permissions(
@@ -391,7 +371,7 @@ fn malformed_and_oversized_messages_end_only_that_session() {
         Some(ROLE_SCRAM),
         "",
     ));
-    vault_set(&d, "shop-db", &pg.password(ROLE_SCRAM));
+    d.vault_set("shop-db", "password", &pg.password(ROLE_SCRAM));
     // A raw client: start-up, then a Query declaring 2 GiB, then garbage.
     let script = format!(
         r#"
@@ -495,7 +475,7 @@ fn the_agent_never_receives_the_credential() {
         "",
     ));
     let password = pg.password(ROLE_SCRAM);
-    vault_set(&d, "shop-db", &password);
+    d.vault_set("shop-db", "password", &password);
     // Every byte the agent receives over a whole session, dumped raw.
     let script = format!(
         r#"
@@ -563,7 +543,7 @@ fn a_live_session_ends_when_its_grant_expires() {
         .extra
         .replace(FAR_FUTURE, &cordon_tests::rfc3339_from_now(6));
     let d = Daemon::start(setup);
-    vault_set(&d, "shop-db", &pg.password(ROLE_SCRAM));
+    d.vault_set("shop-db", "password", &pg.password(ROLE_SCRAM));
     let started = std::time::Instant::now();
     let out = pgclient(&d, &pg, "analyst", &["query", "select pg_sleep(30)"]);
     let t = text(&out);

@@ -42,26 +42,6 @@ fn ssh_setup(server: &SshServer, policy: &str, pin: Option<&str>, more: &str) ->
     s
 }
 
-fn vault_set(d: &Daemon, name: &str, kind: &str, secret: &str) {
-    let mut cmd = d.cordon(&["vault", "set", name, "--kind", kind]);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn cordon vault set");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(secret.as_bytes())
-        .expect("write secret");
-    let out = child.wait_with_output().expect("vault set");
-    assert!(
-        out.status.success(),
-        "vault set failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The agent's ssh configuration from `cordon ssh-config`, written where nobody can read it.
 struct AgentSsh {
     config: PathBuf,
@@ -139,7 +119,7 @@ fn last_ssh_session(d: &Daemon) -> Value {
 fn start(policy: &str) -> (SshServer, Daemon, AgentSsh) {
     let server = SshServer::start().expect("sshd");
     let d = Daemon::start(ssh_setup(&server, policy, Some(&server.host_key), ""));
-    vault_set(&d, "host-key", "ssh-key", &server.client_key());
+    d.vault_set("host-key", "ssh-key", &server.client_key());
     let a = agent_ssh(&d);
     (server, d, a)
 }
@@ -576,7 +556,7 @@ fn upstream_host_key_must_match_the_pin() {
         Some(&other.host_key),
         "",
     ));
-    vault_set(&d, "host-key", "ssh-key", &server.client_key());
+    d.vault_set("host-key", "ssh-key", &server.client_key());
     let a = agent_ssh(&d);
     let out = agent_ssh_run(&d, &a, &["host", "uptime"]);
     assert!(
@@ -593,7 +573,7 @@ fn upstream_host_key_must_match_the_pin() {
 
     // No pin: refused until `cordon ssh-trust` records the key.
     let d = Daemon::start(ssh_setup(&server, "ssh-readonly", None, ""));
-    vault_set(&d, "host-key", "ssh-key", &server.client_key());
+    d.vault_set("host-key", "ssh-key", &server.client_key());
     let a = agent_ssh(&d);
     let out = agent_ssh_run(&d, &a, &["host", "uptime"]);
     assert!(
@@ -624,11 +604,11 @@ fn password_and_rsa_credentials_and_malformed_input() {
         "",
     ));
     let a = agent_ssh(&d);
-    vault_set(&d, "host-key", "password", TEST_PASSWORD);
+    d.vault_set("host-key", "password", TEST_PASSWORD);
     let out = agent_ssh_run(&d, &a, &["host", "uptime"]);
     assert!(out.status.success(), "password login: {}", text(&out));
     assert!(!text(&out).contains(TEST_PASSWORD));
-    vault_set(&d, "host-key", "ssh-key", &server.client_rsa_key());
+    d.vault_set("host-key", "ssh-key", &server.client_rsa_key());
     let out = agent_ssh_run(&d, &a, &["host", "uptime"]);
     assert!(out.status.success(), "rsa login: {}", text(&out));
 
@@ -718,7 +698,7 @@ fn agent_forwarding_is_refused_and_recorded() {
     let setup = ssh_setup(&server, "ssh-ops", Some(&server.host_key), "")
         .unix_allow(&sock.display().to_string());
     let d = Daemon::start(setup);
-    vault_set(&d, "host-key", "ssh-key", &server.client_key());
+    d.vault_set("host-key", "ssh-key", &server.client_key());
     let a = agent_ssh(&d);
     let mut cmd = agent_ssh_cmd(&d, &a, &["-A", "host", "true"]);
     cmd.env("SSH_AUTH_SOCK", &sock);
@@ -780,7 +760,7 @@ fn a_live_ssh_session_ends_when_its_grant_expires() {
         .extra
         .replace(FAR_FUTURE, &cordon_tests::rfc3339_from_now(6));
     let d = Daemon::start(setup);
-    vault_set(&d, "host-key", "ssh-key", &server.client_key());
+    d.vault_set("host-key", "ssh-key", &server.client_key());
     let a = agent_ssh(&d);
     let mut cmd = agent_ssh_cmd(&d, &a, &["-tt", "host"]);
     cmd.stdin(Stdio::piped())
@@ -863,7 +843,7 @@ fn held_ssh_commands_wait_for_a_reviewer() {
         setup.extra
     );
     let d = Daemon::start(setup);
-    vault_set(&d, "host-key", "ssh-key", &server.client_key());
+    d.vault_set("host-key", "ssh-key", &server.client_key());
     let a = agent_ssh(&d);
     let bob = idp.id_token("bob", &["ops"]);
 
@@ -930,7 +910,7 @@ fn jit_grant_opens_ssh_and_its_expiry_cuts_the_session() {
         setup.extra
     );
     let d = Daemon::start(setup);
-    vault_set(&d, "host-key", "ssh-key", &server.client_key());
+    d.vault_set("host-key", "ssh-key", &server.client_key());
     let alice = idp.id_token("alice", &["ops"]);
     let bob = idp.id_token("bob", &["ops"]);
 

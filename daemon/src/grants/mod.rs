@@ -186,10 +186,43 @@ pub fn check(
     Ok(LiveGrant::fixed(latest))
 }
 
-/// For postgres sessions: a live just-in-time grant (no pins), else the
-/// latest-expiring live static grant for `agent` on `resource` whose pins
-/// (role, database), where set, are the role and database the agent asked
-/// for.
+/// A live just-in-time grant (no pins), else the latest-expiring live static grant for `agent`
+/// on `resource` that `fits` what the agent asked for (`what`); a refusal lists what the live
+/// static grants do pin (`pins` of each).
+#[allow(clippy::too_many_arguments)]
+fn check_pinned(
+    config: &Config,
+    jit: &jit::Active,
+    agent: &AgentName,
+    resource: &str,
+    now: OffsetDateTime,
+    fits: impl Fn(&crate::config::Grant) -> bool,
+    what: String,
+    pins: impl Fn(&crate::config::Grant) -> String,
+) -> Result<LiveGrant, GrantDenial> {
+    let first = check(config, jit, agent, resource, now)?;
+    if first.id.is_some() {
+        return Ok(first);
+    }
+    let live = config
+        .grants
+        .iter()
+        .filter(|g| &g.agent == agent && g.resource == resource && g.expires > now);
+    match live.clone().filter(|g| fits(g)).map(|g| g.expires).max() {
+        Some(expires) => Ok(LiveGrant::fixed(expires)),
+        None => {
+            let allowed: Vec<String> = live.map(pins).collect();
+            Err(GrantDenial::Pinned {
+                agent: agent.to_string(),
+                resource: resource.to_owned(),
+                what,
+                pinned: format!(" (granted: {})", allowed.join("; ")),
+            })
+        }
+    }
+}
+
+/// For postgres sessions: [`check_pinned`] on the role and database the agent asked for.
 pub fn check_database(
     config: &Config,
     jit: &jit::Active,
@@ -199,43 +232,28 @@ pub fn check_database(
     database: &str,
     now: OffsetDateTime,
 ) -> Result<LiveGrant, GrantDenial> {
-    let first = check(config, jit, agent, resource, now)?;
-    if first.id.is_some() {
-        return Ok(first);
-    }
-    let live = config
-        .grants
-        .iter()
-        .filter(|g| &g.agent == agent && g.resource == resource && g.expires > now);
-    let fits = |g: &&crate::config::Grant| {
-        g.role.as_deref().is_none_or(|r| r == role)
-            && g.database.as_deref().is_none_or(|d| d == database)
-    };
-    match live.clone().filter(fits).map(|g| g.expires).max() {
-        Some(expires) => Ok(LiveGrant::fixed(expires)),
-        None => {
-            let allowed: Vec<String> = live
-                .map(|g| {
-                    format!(
-                        "role {} / database {}",
-                        g.role.as_deref().unwrap_or("any"),
-                        g.database.as_deref().unwrap_or("any")
-                    )
-                })
-                .collect();
-            Err(GrantDenial::Pinned {
-                agent: agent.to_string(),
-                resource: resource.to_owned(),
-                what: format!("role `{role}` and database `{database}`"),
-                pinned: format!(" (granted: {})", allowed.join("; ")),
-            })
-        }
-    }
+    check_pinned(
+        config,
+        jit,
+        agent,
+        resource,
+        now,
+        |g| {
+            g.role.as_deref().is_none_or(|r| r == role)
+                && g.database.as_deref().is_none_or(|d| d == database)
+        },
+        format!("role `{role}` and database `{database}`"),
+        |g| {
+            format!(
+                "role {} / database {}",
+                g.role.as_deref().unwrap_or("any"),
+                g.database.as_deref().unwrap_or("any")
+            )
+        },
+    )
 }
 
-/// For ssh sessions: a live just-in-time grant (no pins), else the
-/// latest-expiring live static grant for `agent` on `resource` whose
-/// `login` pin, where set, is the user name the agent asked for.
+/// For ssh sessions: [`check_pinned`] on the user name the agent logs in as.
 pub fn check_login(
     config: &Config,
     jit: &jit::Active,
@@ -244,31 +262,16 @@ pub fn check_login(
     login: &str,
     now: OffsetDateTime,
 ) -> Result<LiveGrant, GrantDenial> {
-    let first = check(config, jit, agent, resource, now)?;
-    if first.id.is_some() {
-        return Ok(first);
-    }
-    let live = config
-        .grants
-        .iter()
-        .filter(|g| &g.agent == agent && g.resource == resource && g.expires > now);
-    match live
-        .clone()
-        .filter(|g| g.login.as_deref().is_none_or(|l| l == login))
-        .map(|g| g.expires)
-        .max()
-    {
-        Some(expires) => Ok(LiveGrant::fixed(expires)),
-        None => {
-            let allowed: Vec<&str> = live.filter_map(|g| g.login.as_deref()).collect();
-            Err(GrantDenial::Pinned {
-                agent: agent.to_string(),
-                resource: resource.to_owned(),
-                what: format!("login `{login}`"),
-                pinned: format!(" (granted: {})", allowed.join(", ")),
-            })
-        }
-    }
+    check_pinned(
+        config,
+        jit,
+        agent,
+        resource,
+        now,
+        |g| g.login.as_deref().is_none_or(|l| l == login),
+        format!("login `{login}`"),
+        |g| format!("login {}", g.login.as_deref().unwrap_or("any")),
+    )
 }
 
 // ---------------------------------------------------------------------------

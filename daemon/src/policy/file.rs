@@ -137,18 +137,68 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
     parse(path, &text)
 }
 
+/// What the SQL and SSH policy loaders share: the file (named in errors), its text (for line
+/// numbers), the TOML parse and the policy-name checks.
+pub(super) struct Source<'a> {
+    pub file: &'a Path,
+    pub text: &'a str,
+}
+
+impl Source<'_> {
+    /// The 1-based line a byte span starts on.
+    pub fn line_of(&self, span: std::ops::Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text
+            .get(..end)
+            .map_or(1, |t| t.matches('\n').count() + 1)
+    }
+
+    pub fn invalid(&self, span: std::ops::Range<usize>, problem: Problem) -> PolicyError {
+        PolicyError::Invalid {
+            file: self.file.to_owned(),
+            line: self.line_of(span),
+            problem,
+        }
+    }
+
+    /// The whole file as `T` (unknown keys are refused by `T`), a syntax error naming the line.
+    pub fn doc<T: serde::de::DeserializeOwned>(&self) -> Result<T, PolicyError> {
+        toml::from_str(self.text).map_err(|source: toml::de::Error| PolicyError::Syntax {
+            file: self.file.to_owned(),
+            line: source.span().map_or(1, |s| self.line_of(s)),
+            source: Box::new(source),
+        })
+    }
+
+    /// A policy name is 1-64 of [A-Za-z0-9_-] and equals the file's stem.
+    pub fn check_name(&self, name: &Spanned<String>) -> Result<(), PolicyError> {
+        let text = name.get_ref();
+        if !is_name(text, |c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(self.invalid(name.span(), Problem::BadPolicyName(text.clone())));
+        }
+        let stem = self
+            .file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if *text != stem {
+            return Err(self.invalid(
+                name.span(),
+                Problem::NameMismatch {
+                    name: text.clone(),
+                    stem,
+                },
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Compiles the text of a policy file; `file` names it in errors and its stem must equal the
 /// policy's name.
 pub fn parse(file: &Path, text: &str) -> Result<Policy, PolicyError> {
-    let line_of = |span: std::ops::Range<usize>| {
-        let end = span.start.min(text.len());
-        text.get(..end).map_or(1, |t| t.matches('\n').count() + 1)
-    };
-    let invalid = |span: std::ops::Range<usize>, problem: Problem| PolicyError::Invalid {
-        file: file.to_owned(),
-        line: line_of(span),
-        problem,
-    };
+    let src = Source { file, text };
+    let invalid = |span: std::ops::Range<usize>, problem: Problem| src.invalid(span, problem);
 
     // Before the strict parse: an SSH policy here should say so, not name its first SSH key.
     if let Some(p) = super::ssh::declared_protocol(text).filter(|p| p.get_ref() != "postgres") {
@@ -160,33 +210,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, PolicyError> {
             },
         ));
     }
-    let doc: Doc = toml::from_str(text).map_err(|source: toml::de::Error| PolicyError::Syntax {
-        file: file.to_owned(),
-        line: source.span().map_or(1, line_of),
-        source: Box::new(source),
-    })?;
+    let doc: Doc = src.doc()?;
 
     let header = doc.policy.into_inner();
-    let name = header.name.get_ref();
-    if !is_name(name, |c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        return Err(invalid(
-            header.name.span(),
-            Problem::BadPolicyName(name.clone()),
-        ));
-    }
-    let stem = file
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if *name != stem {
-        return Err(invalid(
-            header.name.span(),
-            Problem::NameMismatch {
-                name: name.clone(),
-                stem,
-            },
-        ));
-    }
+    src.check_name(&header.name)?;
     let allow = |key: &'static str, list: Vec<Spanned<String>>| {
         list.into_iter()
             .map(|n| {
@@ -236,7 +263,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, PolicyError> {
                 },
             ));
         }
-        seen.push((rule_name.clone(), line_of(spec.name.span())));
+        seen.push((rule_name.clone(), src.line_of(spec.name.span())));
 
         let kinds = match &spec.kinds {
             None => Kind::ALL_BITS,
@@ -271,8 +298,8 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, PolicyError> {
         });
     }
 
-    let mask_lines: Vec<usize> = doc.mask.iter().map(|m| line_of(m.span())).collect();
-    let detect_lines: Vec<usize> = doc.detect.iter().map(|d| line_of(d.span())).collect();
+    let mask_lines: Vec<usize> = doc.mask.iter().map(|m| src.line_of(m.span())).collect();
+    let detect_lines: Vec<usize> = doc.detect.iter().map(|d| src.line_of(d.span())).collect();
     let columns: Vec<ColumnSpec> = doc.mask.into_iter().map(Spanned::into_inner).collect();
     let detectors: Vec<DetectorSpec> = doc.detect.into_iter().map(Spanned::into_inner).collect();
     let masking = Rules::build(&columns, &detectors).map_err(|source| {

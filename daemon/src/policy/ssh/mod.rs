@@ -844,15 +844,8 @@ pub fn load(path: &Path) -> Result<SshPolicy, PolicyError> {
 /// Compiles the text of an SSH policy file; `path` names it in errors and its stem must equal
 /// the policy's name.
 pub fn parse(path: &Path, text: &str) -> Result<SshPolicy, PolicyError> {
-    let line_of = |span: std::ops::Range<usize>| {
-        let end = span.start.min(text.len());
-        text.get(..end).map_or(1, |t| t.matches('\n').count() + 1)
-    };
-    let invalid = |span: std::ops::Range<usize>, problem: Problem| PolicyError::Invalid {
-        file: path.to_owned(),
-        line: line_of(span),
-        problem,
-    };
+    let src = super::file::Source { file: path, text };
+    let invalid = |span: std::ops::Range<usize>, problem: Problem| src.invalid(span, problem);
     // The protocol first, so that a SQL policy given here says so rather than naming its
     // first key this format does not have.
     if let Ok(Peek {
@@ -874,33 +867,10 @@ pub fn parse(path: &Path, text: &str) -> Result<SshPolicy, PolicyError> {
             None => return Err(invalid(span, Problem::MissingSshProtocol)),
         }
     }
-    let doc: Doc = toml::from_str(text).map_err(|source: toml::de::Error| PolicyError::Syntax {
-        file: path.to_owned(),
-        line: source.span().map_or(1, line_of),
-        source: Box::new(source),
-    })?;
+    let doc: Doc = src.doc()?;
 
     let header = doc.policy.into_inner();
-    let name = header.name.get_ref();
-    if !is_name(name, |c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        return Err(invalid(
-            header.name.span(),
-            Problem::BadPolicyName(name.clone()),
-        ));
-    }
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if *name != stem {
-        return Err(invalid(
-            header.name.span(),
-            Problem::NameMismatch {
-                name: name.clone(),
-                stem,
-            },
-        ));
-    }
+    src.check_name(&header.name)?;
 
     let mut rules: Vec<Rule> = Vec::with_capacity(doc.rule.len());
     let mut seen: Vec<(String, usize)> = Vec::new();
@@ -930,7 +900,7 @@ pub fn parse(path: &Path, text: &str) -> Result<SshPolicy, PolicyError> {
                 },
             ));
         }
-        seen.push((rule_name.clone(), line_of(spec.name.span())));
+        seen.push((rule_name.clone(), src.line_of(spec.name.span())));
         if spec.commands.get_ref().is_empty() {
             return Err(invalid(
                 spec.commands.span(),
