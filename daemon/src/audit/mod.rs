@@ -236,7 +236,7 @@ impl Store {
             .map_err(AuditError::Store)?
             .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
             .map_or(0, u64::from_be_bytes);
-        let recording = recording::Log::open(&db)?;
+        let recording = recording::Log::open(&db, Some(&dir.join("recordings")))?;
         Ok(Self {
             db,
             sessions,
