@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use crate::gateway::{build, free_port, rfc3339_in, Daemon, Service};
 
 const BULK_BYTES: u64 = 1 << 30;
-const BULK_ROUNDS: usize = 2;
+const BULK_ROUNDS: usize = 3;
 const EXECS: usize = 50;
 const EXEC_ROUNDS: usize = 2;
 const USER: &str = "cordon-sshtest";

@@ -295,6 +295,9 @@ fn decode(key: &[u8], value: &[u8]) -> Option<Event> {
     })
 }
 
+/// A key and the value stored under it.
+type Stored = ([u8; 16], Vec<u8>);
+
 /// Events queued for the writer, and its state.
 #[derive(Default)]
 struct Queue {
@@ -352,7 +355,7 @@ impl Shared {
     fn encode_batch(
         &self,
         batch: &[(SessionId, Event)],
-    ) -> Result<Vec<([u8; 16], Vec<u8>)>, AuditError> {
+    ) -> Result<Vec<Stored>, AuditError> {
         let Some(dir) = &self.data_dir else {
             return batch
                 .iter()
@@ -360,8 +363,9 @@ impl Shared {
                 .collect();
         };
         let _guard = lock(&self.appending);
-        // Per session: the bytes to append and where its file ends now.
-        let mut files: HashMap<SessionId, (u64, Vec<u8>)> = HashMap::new();
+        // Per session: where its file ends now, and the chunks to append (borrowed: written
+        // with one vectored write, no copy into a staging buffer).
+        let mut files: HashMap<SessionId, (u64, u64, Vec<&[u8]>)> = HashMap::new();
         let mut out = Vec::with_capacity(batch.len());
         for (session, event) in batch {
             let tag = match &event.kind {
@@ -378,11 +382,12 @@ impl Shared {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
                     let len = std::fs::metadata(data_path(dir, *session)).map_or(0, |m| m.len());
-                    v.insert((len, Vec::new()))
+                    v.insert((len, 0, Vec::new()))
                 }
             };
-            let offset = entry.0 + entry.1.len() as u64;
-            entry.1.extend_from_slice(data);
+            let offset = entry.0 + entry.1;
+            entry.1 += data.len() as u64;
+            entry.2.push(data);
             let len = u32::try_from(data.len()).map_err(|_| {
                 AuditError::Encode(serde::ser::Error::custom("a data event over 4 GiB"))
             })?;
@@ -395,11 +400,11 @@ impl Shared {
             v.extend_from_slice(&len.to_be_bytes());
             out.push((key(*session, event.seq), v));
         }
-        for (session, (_, bytes)) in files {
-            if bytes.is_empty() {
+        for (session, (_, _, chunks)) in files {
+            if chunks.is_empty() {
                 continue;
             }
-            append(&data_path(dir, session), &bytes).map_err(|source| AuditError::Journal {
+            append(&data_path(dir, session), &chunks).map_err(|source| AuditError::Journal {
                 path: data_path(dir, session),
                 source,
             })?;
@@ -506,16 +511,26 @@ impl Shared {
     }
 }
 
-/// Appends `bytes` to the file at `path` (created 0600).
-fn append(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
+/// Appends `chunks`, in order, to the file at `path` (created 0600).
+fn append(path: &std::path::Path, chunks: &[&[u8]]) -> std::io::Result<()> {
+    use std::io::{IoSlice, Write as _};
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .open(path)?;
-    f.write_all(bytes)
+    let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match f.write_vectored(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The recording store, opened with the audit store and holding its writer
