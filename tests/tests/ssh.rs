@@ -988,3 +988,66 @@ fn agent_ssh_no_grant(d: &Daemon) -> AgentSsh {
     .expect("write config");
     AgentSsh { config }
 }
+
+#[test]
+fn a_denied_command_leaves_the_connection_usable_for_other_channels() {
+    require_root!();
+    let server = SshServer::start().expect("sshd");
+    // One SSH connection (an OpenSSH control master), several channels over it.
+    let mux_dir = tempfile::Builder::new()
+        .prefix("cordon-mux-")
+        .tempdir()
+        .expect("tempdir");
+    fs::set_permissions(
+        mux_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    let control = mux_dir.path().join("master.sock");
+    let setup = ssh_setup(&server, "ssh-readonly", Some(&server.host_key), "")
+        .unix_allow(&control.display().to_string());
+    let d = Daemon::start(setup);
+    d.vault_set("host-key", "ssh-key", &server.client_key());
+    let a = agent_ssh(&d);
+    let cp = format!("ControlPath={}", control.display());
+    let mut master = agent_ssh_cmd(
+        &d,
+        &a,
+        &["-o", "ControlMaster=yes", "-o", &cp, "-N", "host"],
+    );
+    master
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut master = master.spawn().expect("ssh master");
+    for _ in 0..100 {
+        if control.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(control.exists(), "the control master did not start");
+    let mux =
+        |cmd: &str| agent_ssh_run(&d, &a, &["-o", "ControlMaster=no", "-o", &cp, "host", cmd]);
+    let denied = mux("touch /tmp/cordon-mux-pwned");
+    let allowed = mux("uptime");
+    let again = mux("df -h");
+    let _ = master.kill();
+    let _ = master.wait();
+    assert_eq!(denied.status.code(), Some(126), "{}", text(&denied));
+    assert!(
+        allowed.status.success()
+            && String::from_utf8_lossy(&allowed.stdout).contains("load average"),
+        "a channel after a denial on the same connection works: {}\n{}",
+        text(&allowed),
+        d.context()
+    );
+    assert!(again.status.success(), "{}", text(&again));
+    // All of it was one captured connection: one ssh session holds every request.
+    let sessions: Vec<_> = d
+        .sessions()
+        .into_iter()
+        .filter(|s| s["protocol"] == "ssh" && s["verdict"] == "allow")
+        .collect();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+}

@@ -352,10 +352,7 @@ impl Shared {
 
     /// Stored forms of a batch: data bytes appended to their sessions' data files first
     /// (one write per session and batch), then the values that point at them.
-    fn encode_batch(
-        &self,
-        batch: &[(SessionId, Event)],
-    ) -> Result<Vec<Stored>, AuditError> {
+    fn encode_batch(&self, batch: &[(SessionId, Event)]) -> Result<Vec<Stored>, AuditError> {
         let Some(dir) = &self.data_dir else {
             return batch
                 .iter()
