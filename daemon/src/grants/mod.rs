@@ -402,6 +402,17 @@ pub struct Cutoff {
 }
 
 impl Cutoff {
+    /// Another handle on the same cutoff, for a task inside the session (a held command
+    /// waiting for a reviewer). It does not keep the session registered.
+    pub fn watcher(&self) -> Cutoff {
+        Cutoff {
+            expires: self.expires,
+            what: self.what.clone(),
+            revoked: self.revoked.clone(),
+            _registration: None,
+        }
+    }
+
     /// Resolves when the session must end now, with why (the grant expired,
     /// or was revoked and by whom). Cancel-safe, and once fired it resolves
     /// at once on every later call, so it can sit in a `select!` loop.

@@ -183,6 +183,8 @@ pub struct Session {
     to_agent: BytesMut,
     to_upstream: BytesMut,
     agent: String,
+    /// The session's cutoff, for statements held for approval: the grant ending ends the wait.
+    cutoff: Option<crate::grants::Cutoff>,
     /// Prepared statements that ran under an approval: an approval covers one execution, so
     /// executing one of these again is denied until it is prepared (and approved) again.
     spent: HashSet<String>,
@@ -241,6 +243,7 @@ impl Session {
             to_agent: BytesMut::with_capacity(16 * 1024),
             to_upstream: BytesMut::with_capacity(16 * 1024),
             agent,
+            cutoff: None,
             spent: HashSet::new(),
         }
     }
@@ -253,6 +256,7 @@ impl Session {
         deadline: tokio::time::Instant,
         mut cutoff: crate::grants::Cutoff,
     ) -> Outcome {
+        self.cutoff = Some(cutoff.watcher());
         let mut up_in = BytesMut::with_capacity(64 * 1024);
         let mut bytes_up = 0u64;
         let mut bytes_down = 0u64;
@@ -649,19 +653,24 @@ impl Session {
                 })
             }
             Action::Approve => {
-                let outcome = self
-                    .gw
-                    .approvals
-                    .hold(crate::approvals::HoldRequest {
-                        session: self.id,
-                        agent: self.agent.clone(),
-                        resource: self.resource.clone(),
-                        protocol: "postgres",
-                        command: text.to_owned(),
-                        rule: decision.rule.clone(),
-                        reason: decision.reason.clone(),
-                    })
-                    .await;
+                let gw = self.gw.clone();
+                let hold = gw.approvals.hold(crate::approvals::HoldRequest {
+                    session: self.id,
+                    agent: self.agent.clone(),
+                    resource: self.resource.clone(),
+                    protocol: "postgres",
+                    command: text.to_owned(),
+                    rule: decision.rule.clone(),
+                    reason: decision.reason.clone(),
+                });
+                // The grant ending (expiry, revocation) ends the wait; the session then closes.
+                let outcome = match self.cutoff.as_mut() {
+                    Some(cutoff) => tokio::select! {
+                        o = hold => o,
+                        why = cutoff.fired() => crate::approvals::Outcome::Unavailable(why),
+                    },
+                    None => hold.await,
+                };
                 use crate::approvals::Outcome as O;
                 let message = match outcome {
                     O::Approved { by } => {

@@ -676,7 +676,12 @@ async fn held(sh: &Shared, what: &str, command: &str, d: SshDecision) -> SshDeci
         rule: d.rule.clone(),
         reason: d.reason.clone(),
     };
-    let outcome = sh.conn.gw.approvals.hold(req).await;
+    let mut cutoff = sh.conn.cutoff.watcher();
+    // The grant ending (expiry, revocation) ends the wait; the connection then closes.
+    let outcome = tokio::select! {
+        o = sh.conn.gw.approvals.hold(req) => o,
+        why = cutoff.fired() => crate::approvals::Outcome::Unavailable(why),
+    };
     let (action, reason) = match outcome {
         crate::approvals::Outcome::Approved { by } => (Action::Allow, format!("approved by {by}")),
         crate::approvals::Outcome::Denied { by, reason } => (

@@ -222,6 +222,9 @@ pub(crate) struct Conn {
     pub ssh: SshResource,
     pub agent: crate::config::AgentName,
     pub session: crate::audit::SessionId,
+    /// The session's cutoff (a watcher): a command held for approval stops waiting when
+    /// the grant ends.
+    pub cutoff: crate::grants::Cutoff,
     pub recorder: Recorder,
     /// The command policy of this session: set at login from the grant that admitted it.
     pub policy: std::sync::OnceLock<Arc<crate::policy::ssh::SshPolicy>>,
@@ -548,6 +551,7 @@ pub async fn serve(
         ssh: ssh.clone(),
         agent: admitted.principal.agent.clone(),
         session: record.id,
+        cutoff: cutoff.watcher(),
         recorder,
         policy: std::sync::OnceLock::new(),
         bytes_up: AtomicU64::new(0),
