@@ -417,12 +417,26 @@ fn jit_grant_requested_approved_used_and_cut_at_expiry() {
     // And new sessions are refused.
     let out = w.agent_output(None, "select 1");
     assert!(!out.status.success(), "after expiry: {}", text(&out));
-    let listed = w.json(root, &["grants", "list"]);
-    let mine = listed["jit"]
-        .as_array()
-        .and_then(|gs| gs.iter().find(|x| x["id"] == id.as_str()).cloned())
-        .expect("listed");
-    assert_eq!(mine["state"], "expired", "{}", pretty(&mine));
+    // The expiry task marks it (every 250 ms): wait for it, a little.
+    let marked_by = Instant::now() + Duration::from_secs(5);
+    let mine = loop {
+        let listed = w.json(root, &["grants", "list"]);
+        let mine = listed["jit"]
+            .as_array()
+            .and_then(|gs| gs.iter().find(|x| x["id"] == id.as_str()).cloned())
+            .expect("listed");
+        if mine["state"] == "expired" || Instant::now() > marked_by {
+            break mine;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        mine["state"],
+        "expired",
+        "{}\n{}",
+        pretty(&mine),
+        w.d.context()
+    );
 
     // The audit log says who did what.
     let events = w.audit();

@@ -196,6 +196,9 @@ struct Pending {
     view: HoldView,
     /// Who may not approve it (self-approval).
     excluded: Vec<String>,
+    /// The uid the agent's process runs as: that (non-root) uid may not approve it, whatever
+    /// login it presents, since it is the agent's own account.
+    excluded_uid: Option<u32>,
     decide: oneshot::Sender<Outcome>,
 }
 
@@ -619,7 +622,14 @@ impl Approvals {
     pub async fn hold(&self, req: HoldRequest) -> Outcome {
         let id = self.next_hold_id();
         let sha256 = command_hash(req.session, &req.command);
-        let session = self.audit.get(req.session).ok().flatten();
+        let session = match self.audit.get(req.session) {
+            Ok(s) => s,
+            // Who may not approve it cannot be known: fail closed.
+            Err(e) => {
+                return Outcome::Unavailable(format!("the session record cannot be read: {e}"))
+            }
+        };
+        let excluded_uid = session.as_ref().map(|s| s.uid).filter(|&u| u != 0);
         let on_behalf_of = session.as_ref().and_then(|s| s.on_behalf_of.clone());
         let grant = session.as_ref().and_then(|s| s.grant.clone());
         let mut excluded: Vec<String> = on_behalf_of.iter().cloned().collect();
@@ -671,6 +681,7 @@ impl Approvals {
                     Pending {
                         view: view.clone(),
                         excluded,
+                        excluded_uid,
                         decide: tx,
                     },
                 );
@@ -733,6 +744,7 @@ impl Approvals {
     fn decide_hold(
         &self,
         actor: &Actor,
+        caller_uid: Option<u32>,
         id: &str,
         approve: bool,
         reason: Option<&str>,
@@ -757,6 +769,11 @@ impl Approvals {
                 if approve && p.excluded.contains(&by) {
                     Err(format!(
                         "{by} may not approve a command of a session that runs on their behalf (or under a grant they requested)"
+                    ))
+                } else if approve && caller_uid.is_some() && caller_uid == p.excluded_uid {
+                    Err(format!(
+                        "uid {} runs the agent of this session: it may not approve the agent's commands",
+                        caller_uid.unwrap_or_default()
                     ))
                 } else {
                     Ok(())
@@ -821,9 +838,21 @@ impl Approvals {
     // the control requests
 
     /// `cordon approve ID`: a grant request (`g…`) or a held command (`h…`).
+    #[cfg(test)]
     pub fn approve(&self, actor: &Actor, id: &str) -> Result<Decided, ApprovalError> {
+        self.approve_as(actor, None, id)
+    }
+
+    /// [`approve`](Self::approve) by a control-socket caller whose kernel uid is
+    /// `caller_uid` (held commands: the agent's own uid may not approve them).
+    pub fn approve_as(
+        &self,
+        actor: &Actor,
+        caller_uid: Option<u32>,
+        id: &str,
+    ) -> Result<Decided, ApprovalError> {
         if id.starts_with('h') {
-            self.decide_hold(actor, id, true, None)
+            self.decide_hold(actor, caller_uid, id, true, None)
         } else {
             self.approve_grant(actor, id)
                 .map(|grant| Decided::Grant { grant })
@@ -834,7 +863,7 @@ impl Approvals {
     pub fn deny(&self, actor: &Actor, id: &str, reason: &str) -> Result<Decided, ApprovalError> {
         let reason = checked_reason(reason)?;
         if id.starts_with('h') {
-            self.decide_hold(actor, id, false, Some(reason))
+            self.decide_hold(actor, None, id, false, Some(reason))
         } else {
             self.deny_grant(actor, id, reason)
                 .map(|grant| Decided::Grant { grant })

@@ -46,6 +46,16 @@ pub fn run(config: &Path, agent: &str, command: &[OsString]) -> anyhow::Result<(
             id_token,
         },
     )?;
+    // The agent runs as this uid: if a Cordon login is cached for it, the agent can read it.
+    if let Ok(cache) = super::login::cache_path() {
+        if cache.exists() {
+            eprintln!(
+                "cordon: warning: the agent runs as uid {} and can read the Cordon login cached at {}                  (ID and refresh tokens); run agents under a dedicated user, not the one you log in as",
+                nix_uid(),
+                cache.display()
+            );
+        }
+    }
     ensure_single_threaded()?;
     let domain = landlock::restrict_self()
         .context("refusing to start the agent without its Landlock domain")?;
@@ -65,6 +75,12 @@ pub fn run(config: &Path, agent: &str, command: &[OsString]) -> anyhow::Result<(
         .env_remove(super::login::TOKEN_ENV)
         .exec();
     bail!("cannot run {}: {err}", program.to_string_lossy())
+}
+
+#[allow(unsafe_code)]
+fn nix_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
 }
 
 /// Landlock and seccomp confine only the calling thread: refuse to go on if

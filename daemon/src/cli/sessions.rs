@@ -148,12 +148,23 @@ pub fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Characters that change how the text around them is shown without being seen themselves
+/// (Unicode format characters: bidi overrides and isolates, zero-width characters, the soft
+/// hyphen, the BOM; and the line/paragraph separators): an agent could make a command read
+/// differently to a reviewer than it runs.
+fn invisible(c: char) -> bool {
+    matches!(u32::from(c),
+        0x00ad | 0x061c | 0x070f | 0x180e | 0x200b..=0x200f | 0x2028..=0x202e
+            | 0x2060..=0x206f | 0xfeff | 0xfff9..=0xfffb | 0xe0001 | 0xe0020..=0xe007f)
+}
+
 /// Text safe to print to a terminal: C0 controls (below 0x20), DEL (0x7f)
 /// and C1 controls (U+0080..=U+009F) become `\xNN`, and a backslash becomes
 /// `\\`, so an escaped byte cannot be confused with text that merely looks
 /// like one. Everything else is unchanged.
 pub fn escape(s: &str) -> Cow<'_, str> {
-    let needs = |c: char| c == '\\' || c < ' ' || ('\u{7f}'..='\u{9f}').contains(&c);
+    let needs =
+        |c: char| c == '\\' || c < ' ' || ('\u{7f}'..='\u{9f}').contains(&c) || invisible(c);
     if !s.chars().any(needs) {
         return Cow::Borrowed(s);
     }
@@ -162,7 +173,11 @@ pub fn escape(s: &str) -> Cow<'_, str> {
         if c == '\\' {
             out.push_str("\\\\");
         } else if needs(c) {
-            let _ = write!(out, "\\x{:02x}", u32::from(c));
+            if u32::from(c) > 0xff {
+                let _ = write!(out, "\\u{{{:04x}}}", u32::from(c));
+            } else {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
         } else {
             out.push(c);
         }
@@ -182,6 +197,8 @@ mod tests {
             std::borrow::Cow::Borrowed(_)
         ));
         assert_eq!(escape("x\x1b[2Jy"), "x\\x1b[2Jy");
+        assert_eq!(escape("rm \u{202e}fdp."), "rm \\u{202e}fdp.");
+        assert_eq!(escape("a\u{200b}b"), "a\\u{200b}b");
         assert_eq!(escape("a\nb\rc\td\0"), "a\\x0ab\\x0dc\\x09d\\x00");
         assert_eq!(escape("\x7f"), "\\x7f");
         // C1 controls, e.g. U+009B (CSI), which some terminals honour.

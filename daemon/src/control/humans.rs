@@ -87,7 +87,9 @@ pub(super) async fn handle(
         }
         Request::Approve { id_token, id } => {
             match actor(gw, verifier, caller, id_token.as_ref(), "approve").await {
-                Ok(a) => hub.approve(&a, &id).map_or_else(refused, |d| reply(&d)),
+                Ok(a) => hub
+                    .approve_as(&a, Some(caller.uid), &id)
+                    .map_or_else(refused, |d| reply(&d)),
                 Err(r) => r,
             }
         }

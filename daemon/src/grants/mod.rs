@@ -38,6 +38,8 @@ pub enum GrantDenial {
         resource: String,
         expired: String,
     },
+    #[error("the grants changed since this connection was admitted; connect again")]
+    Changed,
     #[error("no live grant lets agent `{agent}` use {what} on resource `{resource}`{pinned}")]
     Pinned {
         agent: String,

@@ -374,7 +374,16 @@ pub async fn serve(
         &start.user,
         &start.database,
         now,
-    );
+    )
+    .and_then(|g| {
+        // The login must be allowed by the grant that admitted the connection: that grant's
+        // expiry and revocation are what cut the session.
+        if g.id == admitted.grant.id {
+            Ok(g)
+        } else {
+            Err(crate::grants::GrantDenial::Changed)
+        }
+    });
     let (deadline, policy) = match grant {
         Ok(g) => (
             deadline.min(tokio::time::Instant::now() + (g.expires - now).unsigned_abs()),

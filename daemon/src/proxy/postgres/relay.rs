@@ -445,7 +445,15 @@ impl Session {
                 };
                 let decision = self.decide_cached(&sql);
                 let text: Arc<str> = Arc::from(sql.as_str());
+                // PostgreSQL refuses to redefine a named statement that exists (42P05) and
+                // keeps the old one: so does Cordon's map, or a re-Parse could relabel an
+                // approved (or any) statement as something else.
+                let keeps_old = !name.is_empty() && self.prepared.contains_key(&name);
                 match self.vet(&decision, &sql).await {
+                    Ok(_) if keeps_old => {
+                        msg.write_to(&mut self.to_upstream);
+                        self.expect.push_back(Expect::Parse(None));
+                    }
                     Ok(approved) => {
                         msg.write_to(&mut self.to_upstream);
                         self.spent.remove(&name);
@@ -466,7 +474,9 @@ impl Session {
                         let mut pending = self.pending(text, &decision);
                         pending.denial = Some(denial.clone());
                         self.deny(&pending)?;
-                        self.prepared.remove(&name);
+                        if !keeps_old {
+                            self.prepared.remove(&name);
+                        }
                         let token = self.token.clone();
                         Builder::new(b'P')
                             .cstr(name.as_bytes())

@@ -42,6 +42,17 @@ use crate::{
 
 /// Channels one agent connection may have open at once.
 const MAX_CHANNELS: u32 = 16;
+/// How long an agent may take from connecting to logging in.
+const LOGIN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Resolves when the agent has not logged in within [`LOGIN_DEADLINE`]; never after a login.
+async fn login_deadline(conn: &Conn) {
+    tokio::time::sleep(LOGIN_DEADLINE).await;
+    if conn.logged_in.load(Ordering::Acquire) {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// How long the upstream handshake (TCP, key exchange, host key) may take.
 const UPSTREAM_HANDSHAKE: Duration = Duration::from_secs(20);
 
@@ -225,6 +236,11 @@ pub(crate) struct Conn {
     /// The session's cutoff (a watcher): a command held for approval stops waiting when
     /// the grant ends.
     pub cutoff: crate::grants::Cutoff,
+    /// The just-in-time grant that admitted the connection (None: a static grant). A login
+    /// must be allowed by that same grant: its expiry and revocation are what cut the session.
+    pub admitted_grant: Option<String>,
+    /// Set once the agent has logged in (the login deadline no longer applies).
+    pub logged_in: std::sync::atomic::AtomicBool,
     pub recorder: Recorder,
     /// The command policy of this session: set at login from the grant that admitted it.
     pub policy: std::sync::OnceLock<Arc<crate::policy::ssh::SshPolicy>>,
@@ -479,6 +495,11 @@ impl AgentHandler {
             now,
         )
         .map_err(|e| e.to_string())?;
+        if grant.id != self.conn.admitted_grant {
+            return Err(
+                "the grants changed since this connection was admitted; connect again".into(),
+            );
+        }
         // A just-in-time grant's action may name its own policy.
         let _ = self
             .conn
@@ -493,6 +514,7 @@ impl AgentHandler {
         up.authenticate(&self.conn.gw.vault, &self.conn.ssh.credential, login)
             .await?;
         self.login = Some(user.to_owned());
+        self.conn.logged_in.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -552,6 +574,8 @@ pub async fn serve(
         agent: admitted.principal.agent.clone(),
         session: record.id,
         cutoff: cutoff.watcher(),
+        admitted_grant: admitted.grant.id.clone(),
+        logged_in: std::sync::atomic::AtomicBool::new(false),
         recorder,
         policy: std::sync::OnceLock::new(),
         bytes_up: AtomicU64::new(0),
@@ -614,6 +638,9 @@ pub async fn serve(
             "the grant for `{}` on `{}` expired", conn.agent, conn.resource.name
         )),
         why = cutoff.fired() => Ok(why),
+        () = login_deadline(&conn) => Ok(format!(
+            "no login within {} s", LOGIN_DEADLINE.as_secs()
+        )),
     };
     let outcome = match ended {
         Err(outcome) => outcome,
