@@ -270,6 +270,9 @@ fn interactive_shell_is_recorded_and_replayed_byte_for_byte() {
     let script = [
         "echo cordon-first-line\r".to_owned(),
         format!("touch {}\r", marker.display()),
+        // Cursor-to-start then kill-line, then Enter: Cordon drops ^A, so ^U kills the
+        // whole line on the host as well, and nothing runs.
+        format!("touch {}\x01\x15\r", marker.display()),
         "echo cordon-$((40+2))\r".to_owned(),
         "echo cordon-second-line\r".to_owned(),
         "exit\r".to_owned(),

@@ -12,7 +12,7 @@
 //!   only known on the server, so it is marked dynamic;
 //! - unquoted `*` `?` `[` (pathname expansion) and `~` (tilde expansion) also make a word dynamic;
 //! - redirections: fd duplications (`2>&1`, `>&2`, `<&0`, `>&-`) and `/dev/null` as the file
-//!   (`>/dev/null`, `2>>/dev/null`, `</dev/null`, `&>/dev/null`) change nothing the policy cares
+//!   (`>/dev/null`, `2>>/dev/null`, `</dev/null`) change nothing the policy cares
 //!   about and are dropped.
 //!
 //! Refused (the whole text is denied, with a [`Refusal`] naming why), because the policy cannot
@@ -163,7 +163,12 @@ impl Raw {
         let Some(eq) = self.text.find('=') else {
             return false;
         };
-        eq < plain && self.text.get(..eq).is_some_and(is_name)
+        // `NAME+=value` (bash's append) is an assignment too.
+        let name = self
+            .text
+            .get(..eq)
+            .map(|n| n.strip_suffix('+').unwrap_or(n));
+        eq < plain && name.is_some_and(is_name)
     }
 
     fn word(self) -> Word {
@@ -494,11 +499,12 @@ impl Parser {
         let start = self.pos;
         let (dup, what) = match (self.bump(), self.peek()) {
             (Some('&'), _) => {
-                self.pos += 1; // `>`
-                if self.peek() == Some('>') {
-                    self.pos += 1;
-                }
-                (false, "&>")
+                // bash reads `&>file` as a redirection, dash (Debian's /bin/sh) as `&` then
+                // `>file`, which starts a new command: the same text means two programs.
+                return refuse(
+                    "ambiguous-redirection",
+                    "`&>` means a redirection in bash but `&` (run in background) in dash; write `>file 2>&1`",
+                );
             }
             (Some('<'), Some('<')) => return refuse(
                 "here-document",

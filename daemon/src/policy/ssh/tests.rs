@@ -102,7 +102,6 @@ fn shell_reader_splits_and_removes_quotes() {
         ("uptime >&2", &[&["uptime"]]),
         ("uptime > /dev/null 2>/dev/null", &[&["uptime"]]),
         ("uptime >>/dev/null </dev/null", &[&["uptime"]]),
-        ("uptime &>/dev/null", &[&["uptime"]]),
         ("uptime 3>&- 0<&0", &[&["uptime"]]),
         ("uptime 2>'/dev/null'", &[&["uptime"]]),
         ("echo 2 > /dev/null", &[&["echo", "2"]]),
@@ -176,7 +175,11 @@ fn shell_reader_refuses_what_it_cannot_decide() {
         ("uptime >> ~/.bashrc", "redirection"),
         ("cat < /etc/shadow", "redirection"),
         ("uptime 2>/tmp/err", "redirection"),
-        ("uptime &>/tmp/x", "redirection"),
+        ("uptime &>/tmp/x", "ambiguous-redirection"),
+        ("uptime &>/dev/null", "ambiguous-redirection"),
+        // dash reads this as `df -h &` then `>/dev/null rm -rf /tmp/x`.
+        ("df -h &>/dev/null rm -rf /tmp/x", "ambiguous-redirection"),
+        ("X+=1 rm -rf /tmp/x", "assignment"),
         ("uptime >&/tmp/x", "redirection"),
         ("uptime <>/etc/x", "redirection"),
         ("uptime >|/etc/x", "redirection"),
@@ -704,9 +707,19 @@ fn readonly_policy() {
             ("free -m", Allow, "ssh-readonly/diagnostics"),
             ("ps aux", Allow, "ssh-readonly/diagnostics"),
             ("journalctl --no-pager", Allow, "ssh-readonly/journal"),
-            ("journalctl --no-pager -n 50", Allow, "ssh-readonly/journal"),
             (
-                "journalctl --no-pager -u nginx -n 50",
+                "journalctl --no-pager --lines=50",
+                Allow,
+                "ssh-readonly/journal",
+            ),
+            // `-n` takes an optional value: the next word would be read as an option.
+            (
+                "journalctl --no-pager -n --vacuum-time=1s",
+                Deny,
+                "ssh-readonly/default",
+            ),
+            (
+                "journalctl --no-pager -u nginx --lines=50",
                 Allow,
                 "ssh-readonly/journal",
             ),
@@ -828,7 +841,9 @@ fn ops_policy() {
                 "ssh-ops/destructive",
             ),
             ("journalctl --no-pager -u nginx", Allow, "ssh-ops/logs"),
-            ("grep -i error /var/log/syslog", Allow, "ssh-ops/logs"),
+            ("grep -i -e error /var/log/syslog", Allow, "ssh-ops/logs"),
+            // An option in the pattern's place (`-r` would read the home directory).
+            ("grep -rv /var/log/zzz", Deny, "ssh-ops/default"),
             (
                 "grep --file=/etc/shadow /var/log/syslog",
                 Deny,

@@ -134,15 +134,10 @@ async fn from_agent(sh: Arc<Shared>, mut rx: ChannelReadHalf, up: ChannelWriteHa
                         rows: row_height,
                     },
                 );
+                let modes = pty_modes(&terminal_modes);
                 let ok = forward(&sh, || {
                     up.request_pty(
-                        true,
-                        &term,
-                        col_width,
-                        row_height,
-                        pix_width,
-                        pix_height,
-                        &terminal_modes,
+                        true, &term, col_width, row_height, pix_width, pix_height, &modes,
                     )
                 })
                 .await;
@@ -154,7 +149,7 @@ async fn from_agent(sh: Arc<Shared>, mut rx: ChannelReadHalf, up: ChannelWriteHa
                 variable_name,
                 variable_value,
             } => {
-                let ok = variable_name == "LANG" || variable_name.starts_with("LC_");
+                let ok = env_allowed(&variable_name, &variable_value);
                 record_request(
                     &sh,
                     "env",
@@ -254,7 +249,14 @@ async fn from_agent(sh: Arc<Shared>, mut rx: ChannelReadHalf, up: ChannelWriteHa
                     if d.action == Action::Allow {
                         let ok = forward(&sh, || up.exec(true, command.clone())).await;
                         if ok {
-                            mode = Mode::Plain;
+                            // With a terminal, a command can read lines and run them (a
+                            // pager's `!cmd`, an editor's shell escape): they are checked
+                            // like lines typed in a shell.
+                            mode = if pty {
+                                Mode::Typed(LineWatch::default())
+                            } else {
+                                Mode::Plain
+                            };
                         }
                         reply(&sh, ok).await
                     } else {
@@ -365,6 +367,7 @@ async fn agent_data(
             for &b in data.iter() {
                 match watch.push(b) {
                     Typed::Pass => pass.push(b),
+                    Typed::Drop => pass.push(0x07),
                     Typed::Line(line) => {
                         let d = match line {
                             Ok(line) => {
@@ -385,8 +388,10 @@ async fn agent_data(
                         if d.action == Action::Allow {
                             pass.push(b);
                         } else {
-                            // Kill the line on the host, start a fresh prompt, and say why.
-                            pass.extend_from_slice(b"\x15\r");
+                            // Kill the line on the host (the cursor is always at its end:
+                            // keys that move it are never passed on) and say why; the
+                            // Enter is not sent.
+                            pass.push(0x15);
                             let msg = format!("\r\n{}\r\n", denial_text(&d, "this line"));
                             // Recorded as output: it is part of what the agent's terminal shows.
                             sh.conn.recorder.event(
@@ -829,13 +834,19 @@ impl sftp::FileRules for Rules {
 enum Typed {
     /// Pass it on.
     Pass,
+    /// Not passed on (the agent's terminal gets a bell instead): a key that would make the
+    /// host's line differ from Cordon's copy of it.
+    Drop,
     /// Enter: the line to check (or why it cannot be checked). The Enter byte itself is held.
     Line(Result<String, String>),
 }
 
-/// Best-effort reconstruction of the line being typed in an interactive shell: printable
-/// characters, backspace, ^U and ^C. Escape sequences (arrows, history), tab completion and
-/// other control keys make the line uncheckable, so it is refused when Enter is pressed.
+/// Cordon's copy of the line being typed in a terminal, kept equal to the host's: only
+/// printable UTF-8, erase (DEL, the forced VERASE), kill (^U, the forced VKILL: with no
+/// cursor movement passed on, it always kills the whole line), ^C and ^D on an empty line
+/// are passed on. Cursor and history keys (escape sequences), tab completion, ^A/^E/^O/^V/^W/^X
+/// and every other control key are dropped, so the host cannot hold text Cordon has not seen.
+/// A line that is not valid UTF-8 is refused at Enter.
 #[derive(Default)]
 struct LineWatch {
     line: Vec<u8>,
@@ -852,15 +863,13 @@ impl LineWatch {
                     return Typed::Pass;
                 }
                 Typed::Line(match why {
-                    Some(why) => Err(format!(
-                        "{why} make this line uncheckable; type the command plainly"
-                    )),
+                    Some(why) => Err(format!("{why} make this line uncheckable; type it again")),
                     None => String::from_utf8(line)
                         .map_err(|_| "the line is not valid UTF-8".to_owned()),
                 })
             }
-            0x7f | 0x08 => {
-                // Backspace removes one character (a whole UTF-8 sequence).
+            0x7f => {
+                // Erase removes one character (a whole UTF-8 sequence, IUTF8 is forced on).
                 while let Some(c) = self.line.pop() {
                     if c & 0xC0 != 0x80 {
                         break;
@@ -868,71 +877,165 @@ impl LineWatch {
                 }
                 Typed::Pass
             }
-            0x15 | 0x03 => {
-                // ^U kills the line, ^C abandons it.
+            0x15 => {
                 self.line.clear();
                 self.uncheckable = None;
                 Typed::Pass
             }
-            0x1b => {
-                self.uncheckable = Some("escape sequences (arrow keys, history, paste)");
+            // ^C abandons the line (SIGINT); ^D on an empty line is end of input.
+            0x03 => {
+                self.line.clear();
+                self.uncheckable = None;
                 Typed::Pass
             }
-            b'\t' => {
-                self.uncheckable = Some("tab completion");
-                Typed::Pass
-            }
-            0x00..=0x1f => {
-                self.uncheckable = Some("control keys");
-                Typed::Pass
-            }
+            0x04 if self.line.is_empty() => Typed::Pass,
+            0x00..=0x1f => Typed::Drop,
             _ => {
                 if self.line.len() >= MAX_TYPED_LINE {
                     self.uncheckable = Some("very long lines");
+                    Typed::Drop
                 } else {
                     self.line.push(b);
+                    Typed::Pass
                 }
-                Typed::Pass
             }
         }
     }
+}
+
+/// The terminal modes passed to the host: the agent's, with the editing characters forced
+/// to what [`LineWatch`] follows (erase DEL, kill ^U, interrupt ^C, end of file ^D) and the
+/// others disabled (word erase, literal next, reprint, extra end-of-line characters,
+/// discard, status), canonical input and UTF-8 on.
+fn pty_modes(agent: &[(russh::Pty, u32)]) -> Vec<(russh::Pty, u32)> {
+    use russh::Pty;
+    /// POSIX `_POSIX_VDISABLE` as SSH carries it.
+    const DISABLED: u32 = 255;
+    let forced: [(Pty, u32); 13] = [
+        (Pty::VERASE, 0x7f),
+        (Pty::VKILL, 0x15),
+        (Pty::VINTR, 0x03),
+        (Pty::VEOF, 0x04),
+        (Pty::VWERASE, DISABLED),
+        (Pty::VLNEXT, DISABLED),
+        (Pty::VREPRINT, DISABLED),
+        (Pty::VEOL, DISABLED),
+        (Pty::VEOL2, DISABLED),
+        (Pty::VDISCARD, DISABLED),
+        (Pty::VSTATUS, DISABLED),
+        (Pty::ICANON, 1),
+        (Pty::IUTF8, 1),
+    ];
+    let mut out: Vec<(Pty, u32)> = agent
+        .iter()
+        .filter(|(m, _)| !forced.iter().any(|(f, _)| f == m))
+        .cloned()
+        .collect();
+    out.extend(forced);
+    out
+}
+
+/// Environment the agent may pass to the host: LANG and the standard LC_* categories, with
+/// plain locale names as values (a path would make the C library load locale data from a
+/// file the agent may have uploaded).
+fn env_allowed(name: &str, value: &str) -> bool {
+    const NAMES: [&str; 14] = [
+        "LANG",
+        "LC_ALL",
+        "LC_CTYPE",
+        "LC_NUMERIC",
+        "LC_TIME",
+        "LC_COLLATE",
+        "LC_MONETARY",
+        "LC_MESSAGES",
+        "LC_PAPER",
+        "LC_NAME",
+        "LC_ADDRESS",
+        "LC_TELEPHONE",
+        "LC_MEASUREMENT",
+        "LC_IDENTIFICATION",
+    ];
+    NAMES.contains(&name)
+        && (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn feed(w: &mut LineWatch, s: &[u8]) -> Vec<Result<String, String>> {
-        s.iter()
-            .filter_map(|b| match w.push(*b) {
-                Typed::Line(l) => Some(l),
-                Typed::Pass => None,
-            })
-            .collect()
+    fn feed(w: &mut LineWatch, s: &[u8]) -> (Vec<Result<String, String>>, Vec<u8>) {
+        let mut lines = Vec::new();
+        let mut passed = Vec::new();
+        for b in s {
+            match w.push(*b) {
+                Typed::Line(l) => lines.push(l),
+                Typed::Pass => passed.push(*b),
+                Typed::Drop => {}
+            }
+        }
+        (lines, passed)
     }
 
     #[test]
-    fn typed_lines_are_reconstructed() {
+    fn typed_lines_are_reconstructed_and_keys_that_desync_are_dropped() {
         let mut w = LineWatch::default();
-        assert_eq!(feed(&mut w, b"uptime\r"), vec![Ok("uptime".to_owned())]);
+        assert_eq!(feed(&mut w, b"uptime\r").0, vec![Ok("uptime".to_owned())]);
         assert_eq!(
-            feed(&mut w, b"rmx\x7f -rf /\r"),
+            feed(&mut w, b"rmx\x7f -rf /\r").0,
             vec![Ok("rm -rf /".to_owned())]
         );
-        assert_eq!(feed(&mut w, b"junk\x15ls\r"), vec![Ok("ls".to_owned())]);
-        assert_eq!(feed(&mut w, b"   \r"), Vec::<Result<String, String>>::new());
-        let got = feed(&mut w, b"up\x1b[A\r");
-        assert!(
-            matches!(&got[..], [Err(e)] if e.contains("escape")),
-            "{got:?}"
-        );
-        let got = feed(&mut w, b"upt\t\r");
-        assert!(matches!(&got[..], [Err(e)] if e.contains("tab")), "{got:?}");
-        // The state is fresh after each line.
-        assert_eq!(feed(&mut w, b"df -h\n"), vec![Ok("df -h".to_owned())]);
+        assert_eq!(feed(&mut w, b"junk\x15ls\r").0, vec![Ok("ls".to_owned())]);
+        assert!(feed(&mut w, b"   \r").0.is_empty());
+        // Cursor movement, history, completion, operate-and-get-next, literal-next: never
+        // reach the host, so its line stays what Cordon checks.
+        let (lines, passed) = feed(&mut w, b"rm -rf /tmp/z\x01\x15\r");
         assert_eq!(
-            feed(&mut w, "é\x7fa\r".as_bytes()),
+            lines,
+            Vec::<Result<String, String>>::new(),
+            "^A dropped, ^U kills all"
+        );
+        assert!(!passed.contains(&0x01));
+        let (lines, passed) = feed(&mut w, b"up\x1b[A\x0f\x16\t\x18\x05time\r");
+        assert_eq!(lines, vec![Ok("up[Atime".to_owned())]);
+        assert!(
+            passed.iter().all(|b| *b >= 0x20 || *b == b'\r'),
+            "{passed:?}"
+        );
+        // ^H is not erase (DEL is, forced on the host): dropped, not counted.
+        assert_eq!(feed(&mut w, b"ab\x08c\r").0, vec![Ok("abc".to_owned())]);
+        // Erase removes a whole UTF-8 character; invalid UTF-8 is refused.
+        assert_eq!(
+            feed(&mut w, "é\x7fa\r".as_bytes()).0,
             vec![Ok("a".to_owned())]
         );
+        let got = feed(&mut w, b"echo \x80\r").0;
+        assert!(
+            matches!(&got[..], [Err(e)] if e.contains("UTF-8")),
+            "{got:?}"
+        );
+        assert_eq!(feed(&mut w, b"df -h\n").0, vec![Ok("df -h".to_owned())]);
+    }
+
+    #[test]
+    fn terminal_modes_are_forced_and_env_is_narrow() {
+        use russh::Pty;
+        let agent = vec![
+            (Pty::VKILL, u32::from(b'@')),
+            (Pty::VERASE, 8),
+            (Pty::ECHO, 1),
+        ];
+        let modes = pty_modes(&agent);
+        assert!(modes.contains(&(Pty::VKILL, 0x15)));
+        assert!(modes.contains(&(Pty::VERASE, 0x7f)));
+        assert!(modes.contains(&(Pty::ECHO, 1)));
+        assert!(!modes.contains(&(Pty::VKILL, u32::from(b'@'))));
+        assert!(env_allowed("LANG", "C.UTF-8"));
+        assert!(env_allowed("LC_ALL", "en_US.UTF-8"));
+        assert!(!env_allowed("LC_ALL", "/tmp/x"));
+        assert!(!env_allowed("LC_FOO", "C"));
+        assert!(!env_allowed("LD_PRELOAD", "x"));
     }
 }

@@ -53,6 +53,23 @@ async fn login_deadline(conn: &Conn) {
     }
 }
 
+/// Resolves when the grant that allowed the login has run out (checked every 250 ms).
+async fn login_grant_expiry(conn: &Conn) -> String {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let expires = conn.login_expires.lock().ok().and_then(|e| *e);
+        if let Some(at) = expires {
+            if at <= time::OffsetDateTime::now_utc() {
+                return format!(
+                    "the grant for this login on `{}` expired at {}",
+                    conn.resource.name,
+                    crate::rfc3339(at)
+                );
+            }
+        }
+    }
+}
+
 /// How long the upstream handshake (TCP, key exchange, host key) may take.
 const UPSTREAM_HANDSHAKE: Duration = Duration::from_secs(20);
 
@@ -109,6 +126,9 @@ impl Shared {
             window_size: 8 * 1024 * 1024,
             maximum_packet_size: 65535,
             max_auth_attempts: 3,
+            // Messages queued per channel before the connection stops reading: bounds what
+            // a stalled channel (a held command) can make Cordon hold.
+            channel_buffer_size: 16,
             preferred: aes_gcm_first(),
             ..Default::default()
         };
@@ -241,6 +261,9 @@ pub(crate) struct Conn {
     pub admitted_grant: Option<String>,
     /// Set once the agent has logged in (the login deadline no longer applies).
     pub logged_in: std::sync::atomic::AtomicBool,
+    /// When the grant that allowed the login runs out (it may be an earlier-expiring static
+    /// grant than the one that admitted the connection, e.g. one pinning another login).
+    pub login_expires: Mutex<Option<time::OffsetDateTime>>,
     pub recorder: Recorder,
     /// The command policy of this session: set at login from the grant that admitted it.
     pub policy: std::sync::OnceLock<Arc<crate::policy::ssh::SshPolicy>>,
@@ -500,6 +523,9 @@ impl AgentHandler {
                 "the grants changed since this connection was admitted; connect again".into(),
             );
         }
+        if let Ok(mut e) = self.conn.login_expires.lock() {
+            *e = Some(grant.expires);
+        }
         // A just-in-time grant's action may name its own policy.
         let _ = self
             .conn
@@ -576,6 +602,7 @@ pub async fn serve(
         cutoff: cutoff.watcher(),
         admitted_grant: admitted.grant.id.clone(),
         logged_in: std::sync::atomic::AtomicBool::new(false),
+        login_expires: Mutex::new(None),
         recorder,
         policy: std::sync::OnceLock::new(),
         bytes_up: AtomicU64::new(0),
@@ -641,6 +668,7 @@ pub async fn serve(
         () = login_deadline(&conn) => Ok(format!(
             "no login within {} s", LOGIN_DEADLINE.as_secs()
         )),
+        why = login_grant_expiry(&conn) => Ok(why),
     };
     let outcome = match ended {
         Err(outcome) => outcome,
