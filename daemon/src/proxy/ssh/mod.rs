@@ -127,8 +127,9 @@ impl Shared {
             maximum_packet_size: 65535,
             max_auth_attempts: 3,
             // Messages queued per channel before the connection stops reading: bounds what
-            // a stalled channel (a held command) can make Cordon hold.
-            channel_buffer_size: 16,
+            // a stalled channel (a held command) can make Cordon hold (russh's default, 100,
+            // allows about 25 MiB per channel; a smaller queue costs bulk throughput).
+            channel_buffer_size: 48,
             preferred: aes_gcm_first(),
             ..Default::default()
         };
