@@ -454,3 +454,70 @@ fn a_vault_key_readable_by_others_stops_the_daemon() {
     d.restart();
     c.finish(|| format!("{}\n{}", text(&out), d.context()));
 }
+
+/// A socket at the control path that the daemon (root) does not serve: the CLI sends it
+/// nothing, so a secret on stdin never reaches an impostor.
+#[test]
+fn the_cli_sends_secrets_only_to_a_root_daemon() {
+    require_root!();
+    let dir = tempfile::Builder::new()
+        .prefix("cordon-impostor-")
+        .tempdir()
+        .expect("tempdir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).expect("chmod");
+    let sock = dir.path().join("control.sock");
+    let got = dir.path().join("received");
+    // The impostor: an unprivileged process listening where the daemon's socket would be.
+    let script = format!(
+        "import socket\ns=socket.socket(socket.AF_UNIX)\ns.bind({sock:?})\ns.listen(4)\n\
+         c,_=s.accept()\nc.settimeout(3)\ndata=b''\ntry:\n    data=c.recv(65536)\nexcept Exception:\n    pass\n\
+         open({got:?},'wb').write(data)\n",
+        sock = sock.display().to_string(),
+        got = got.display().to_string(),
+    );
+    let mut impostor = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["/usr/bin/python3", "-c", &script])
+        .spawn()
+        .expect("impostor");
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let config = dir.path().join("cordon.toml");
+    fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"{}\"\ncontrol_socket = \"{}\"\n",
+            dir.path().join("state").display(),
+            sock.display()
+        ),
+    )
+    .expect("config");
+    let mut cmd = Command::new(cordon_bin());
+    cmd.arg("--config")
+        .arg(&config)
+        .args(["vault", "set", "db"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("cordon vault set");
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(b"impostor-must-not-see-this");
+    }
+    let (out, _) = wait_output(child, Duration::from_secs(20));
+    let _ = impostor.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the CLI talked to an impostor: {err}"
+    );
+    assert!(err.contains("not by root"), "the CLI says why: {err}");
+    let received = fs::read(&got).unwrap_or_default();
+    assert!(
+        !String::from_utf8_lossy(&received).contains("impostor-must-not-see-this"),
+        "the secret reached the impostor"
+    );
+}

@@ -79,6 +79,18 @@ fn exchange(socket: &Path, request: &Request) -> Result<Response, ClientError> {
         path: socket.to_owned(),
         source,
     })?;
+    // Requests may carry a secret (a vault value, a human's ID token): only the daemon,
+    // which runs as root, may receive them, not whoever bound the socket's path.
+    match peer_uid(&stream) {
+        Ok(0) => {}
+        Ok(uid) => {
+            return Err(ClientError::Refused(format!(
+                "the control socket {} is served by uid {uid}, not by root: it is not the cordon daemon; nothing was sent",
+                socket.display()
+            )))
+        }
+        Err(e) => return Err(io(e)),
+    }
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(io)?;
@@ -94,5 +106,33 @@ fn exchange(socket: &Path, request: &Request) -> Result<Response, ClientError> {
             std::io::ErrorKind::UnexpectedEof,
             "the daemon closed the connection without a reply",
         ))),
+    }
+}
+
+/// The uid of the process at the other end of a unix socket (SO_PEERCRED).
+#[allow(unsafe_code)]
+fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd as _;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: u32::MAX,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid, writable and sized for SO_PEERCRED; the fd is an
+    // open socket borrowed from `stream` for the duration of the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(cred).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(cred.uid)
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
