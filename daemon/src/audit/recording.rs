@@ -325,6 +325,9 @@ struct Shared {
     data_dir: Option<std::path::PathBuf>,
     /// Serializes appends to the data files (the writer, and the rare synchronous writes).
     appending: Mutex<()>,
+    /// Set when events could not be stored: sessions must stop rather than go on unrecorded.
+    failed: std::sync::atomic::AtomicBool,
+    failure: Mutex<Option<String>>,
     queue: Mutex<Queue>,
     /// Wakes the writer.
     wake: Condvar,
@@ -407,6 +410,12 @@ impl Shared {
             })?;
         }
         Ok(out)
+    }
+
+    /// Records that events were lost: every recorder reports it from now on.
+    fn fail(&self, why: String) {
+        lock(&self.failure).get_or_insert(why);
+        self.failed.store(true, Ordering::Release);
     }
 
     /// Has the writer store everything queued so far, and waits for it.
@@ -499,11 +508,14 @@ impl Shared {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, events = batch.len(), "ssh recording events could not be encoded")
+                tracing::error!(error = %e, events = batch.len(), "ssh recording events could not be encoded");
+                self.fail(format!("recording events could not be written: {e}"));
+                return;
             }
         }
         if let Err(e) = self.tree.apply_batch(b) {
             tracing::error!(error = %e, events = batch.len(), "could not store ssh recording events");
+            self.fail(format!("recording events could not be stored: {e}"));
         }
     }
 }
@@ -559,6 +571,8 @@ impl Log {
             tree,
             data_dir: data_dir.map(std::path::Path::to_owned),
             appending: Mutex::new(()),
+            failed: std::sync::atomic::AtomicBool::new(false),
+            failure: Mutex::new(None),
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             written: Condvar::new(),
@@ -775,6 +789,7 @@ impl Recorder {
             drop(q);
             if let Err(e) = shared.store(self.inner.session, &event) {
                 tracing::error!(session = %self.inner.session, seq, error = %e, "could not store an ssh recording event");
+                shared.fail(format!("a recording event could not be stored: {e}"));
             }
             return;
         }
@@ -789,6 +804,20 @@ impl Recorder {
             q.urgent = true;
             shared.wake.notify_one();
         }
+    }
+
+    /// Why the recording has lost events, if it has (a cheap check for every relayed
+    /// message): the caller ends the session instead of relaying what it cannot record.
+    pub fn failure(&self) -> Option<String> {
+        let shared = &self.inner.shared;
+        if !shared.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(
+            lock(&shared.failure)
+                .clone()
+                .unwrap_or_else(|| "the recording failed".into()),
+        )
     }
 
     /// Writes an event and flushes it to disk before returning (denials).
@@ -1086,6 +1115,23 @@ mod tests {
         // Without data: the metadata only.
         let (events, _) = log.page(id, None, false).unwrap();
         assert_eq!(events.len(), 1);
+    }
+
+    #[test]
+    fn a_recording_that_cannot_be_stored_is_reported_to_its_recorders() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        // The data directory is a file: appending the bytes fails.
+        let data_dir = dir.path().join("rec");
+        let log = Log::open(&db, Some(&data_dir)).unwrap();
+        std::fs::remove_dir(&data_dir).unwrap();
+        std::fs::write(&data_dir, b"not a directory").unwrap();
+        let r = log.recorder(SessionId::from_raw(9));
+        assert_eq!(r.failure(), None);
+        r.event(1, out("lost"));
+        log.shared.sync();
+        let why = r.failure().expect("the failure is reported");
+        assert!(why.contains("could not be written"), "{why}");
     }
 
     #[test]

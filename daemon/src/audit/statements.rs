@@ -110,6 +110,8 @@ impl Statements {
     pub fn writer(self: &Arc<Self>) -> StatementWriter {
         let (tx, rx) = mpsc::channel::<StatementRecord>();
         let log = self.clone();
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lost = failed.clone();
         let thread = std::thread::spawn(move || {
             // Wake on a timer, not per record: a sender never has to wake
             // this thread, so the proxy's hot path pays no cross-thread
@@ -121,12 +123,13 @@ impl Statements {
                 let mut n = 0usize;
                 loop {
                     match rx.try_recv() {
-                        Ok(rec) => {
-                            if let Ok(v) = serde_json::to_vec(&rec) {
+                        Ok(rec) => match serde_json::to_vec(&rec) {
+                            Ok(v) => {
                                 batch.insert(&key(rec.session, rec.seq)[..], v);
                                 n += 1;
                             }
-                        }
+                            Err(_) => lost.store(true, std::sync::atomic::Ordering::Release),
+                        },
                         Err(mpsc::TryRecvError::Empty) => break,
                         Err(mpsc::TryRecvError::Disconnected) => {
                             open = false;
@@ -136,7 +139,8 @@ impl Statements {
                 }
                 if n > 0 {
                     if let Err(e) = log.tree.apply_batch(batch) {
-                        tracing::warn!(error = %e, records = n, "could not record statements");
+                        tracing::error!(error = %e, records = n, "could not record statements");
+                        lost.store(true, std::sync::atomic::Ordering::Release);
                     }
                 }
             }
@@ -144,6 +148,7 @@ impl Statements {
         StatementWriter {
             tx: Some(tx),
             thread: Some(thread),
+            failed,
         }
     }
 }
@@ -152,14 +157,23 @@ impl Statements {
 pub struct StatementWriter {
     tx: Option<mpsc::Sender<StatementRecord>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Set once a statement could not be recorded: sessions stop rather than go on unrecorded.
+    failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl StatementWriter {
     pub fn record(&self, rec: StatementRecord) {
         let sent = self.tx.as_ref().is_some_and(|tx| tx.send(rec).is_ok());
         if !sent {
-            tracing::warn!("statement writer stopped; a statement was not recorded");
+            tracing::error!("statement writer stopped; a statement was not recorded");
+            self.failed
+                .store(true, std::sync::atomic::Ordering::Release);
         }
+    }
+
+    /// Whether a statement could not be recorded (a cheap check before each message).
+    pub fn failed(&self) -> bool {
+        self.failed.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -213,5 +227,19 @@ mod tests {
         assert_eq!(got.last().unwrap().verdict, "deny");
         assert_eq!(log.of_session(b).unwrap().len(), 1);
         assert!(clip(&"é".repeat(MAX_TEXT)).len() < MAX_TEXT + 40);
+    }
+
+    #[test]
+    fn a_statement_that_cannot_be_recorded_marks_the_writer_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let log = Arc::new(Statements::open(&db).unwrap());
+        let mut w = log.writer();
+        w.record(rec(SessionId::from_raw(1), 0, "allow"));
+        assert!(!w.failed());
+        // The writer thread is gone: the next record is lost, and that is reported.
+        drop(w.tx.take());
+        w.record(rec(SessionId::from_raw(1), 1, "allow"));
+        assert!(w.failed());
     }
 }

@@ -410,6 +410,12 @@ impl Session {
     }
 
     async fn on_agent(&mut self, msg: Message) -> Result<(), Stop> {
+        // Fail closed: nothing more is relayed once statements cannot be recorded.
+        if self.gw.postgres.writer.failed() {
+            return Err(Stop::Internal(
+                "the statement log cannot be written; nothing more is relayed".into(),
+            ));
+        }
         match msg.tag {
             b'Q' => {
                 let sql = Reader::new(&msg)

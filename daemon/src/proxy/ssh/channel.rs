@@ -100,6 +100,9 @@ async fn from_agent(sh: Arc<Shared>, mut rx: ChannelReadHalf, up: ChannelWriteHa
     let mut mode = Mode::Idle;
     let mut pty = false;
     while let Some(msg) = rx.wait().await {
+        if stop_unrecorded(&sh).await {
+            break;
+        }
         let keep = match msg {
             ChannelMsg::Data { data } => agent_data(&sh, &up, &mut mode, &policy, data).await,
             ChannelMsg::ExtendedData { .. } => true,
@@ -448,17 +451,22 @@ async fn agent_data(
 
 async fn from_upstream(sh: Arc<Shared>, mut rx: ChannelReadHalf) {
     while let Some(msg) = rx.wait().await {
+        if stop_unrecorded(&sh).await {
+            break;
+        }
         let ok = match msg {
             ChannelMsg::Data { data } => {
                 sh.conn
                     .bytes_down
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
-                let sftp = sh.sftp.lock().ok().and_then(|mut g| {
-                    g.as_mut().map(|i| {
+                let sftp = match sh.sftp.lock() {
+                    Ok(mut guard) => guard.as_mut().map(|i| {
                         let out = i.from_server(&data);
                         (out, i.take_events())
-                    })
-                });
+                    }),
+                    // The inspector's state is unusable: nothing passes uninspected.
+                    Err(_) => break,
+                };
                 match sftp {
                     Some((Ok(out), events)) => {
                         record_file_events(&sh, events);
@@ -589,6 +597,19 @@ pub(super) async fn refused(
     }
     let _ = tx.close().await;
     conn.channels.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Fail closed: when the recording has lost events, the channel ends (the agent reads why)
+/// instead of relaying what cannot be recorded. True = stop.
+async fn stop_unrecorded(sh: &Shared) -> bool {
+    let Some(why) = sh.conn.recorder.failure() else {
+        return false;
+    };
+    tracing::error!(reason = %why, "ssh: recording failed; closing the channel");
+    sh.conn.set_end(format!("recording failed: {why}"));
+    let line = format!("cordon: the session cannot be recorded ({why}); it is closed\r\n");
+    let _ = sh.agent_tx.extended_data_bytes(1, line.into_bytes()).await;
+    true
 }
 
 /// Sends a request upstream with want_reply and waits for the upstream's answer.
