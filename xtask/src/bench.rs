@@ -111,18 +111,57 @@ fn naive_relay(target: u16) -> Result<u16> {
     Ok(port)
 }
 
+/// The "floor" reference relay (see `cordon-bench-client floor`), run as
+/// its own process; killed when dropped.
+struct Floor {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Floor {
+    fn start(client_bin: &std::path::Path, target: u16) -> Result<Floor> {
+        let mut child = Command::new(client_bin)
+            .args(["floor", "127.0.0.1:0", &format!("127.0.0.1:{target}")])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting the floor relay")?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)?;
+        }
+        let port = match line.trim().parse() {
+            Ok(p) => p,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the floor relay said {line:?}, not its port");
+            }
+        };
+        Ok(Floor { child, port })
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Path {
     Direct,
+    Floor,
     Naive,
     Gateway,
 }
 
 impl Path {
-    const ALL: [Path; 3] = [Path::Direct, Path::Naive, Path::Gateway];
+    const ALL: [Path; 4] = [Path::Direct, Path::Floor, Path::Naive, Path::Gateway];
     fn label(self) -> &'static str {
         match self {
             Path::Direct => "direct",
+            Path::Floor => "floor",
             Path::Naive => "naive",
             Path::Gateway => "cordon",
         }
@@ -147,6 +186,10 @@ fn connect() -> Result<()> {
     let client_bin = bin.join("cordon-bench-client");
     let (echo, sink) = servers()?;
     let (naive_echo, naive_sink) = (naive_relay(echo)?, naive_relay(sink)?);
+    let (floor_echo, floor_sink) = (
+        Floor::start(&client_bin, echo)?,
+        Floor::start(&client_bin, sink)?,
+    );
     let config = format!(
         "[[agent]]\nname = \"bench\"\n\n[[resource]]\nname = \"echo\"\nprotocol = \"tcp\"\naddress = \"127.0.0.1:{echo}\"\n\n[[resource]]\nname = \"sink\"\nprotocol = \"tcp\"\naddress = \"127.0.0.1:{sink}\"\n\n[[grant]]\nagent = \"bench\"\nresource = \"echo\"\nexpires = \"{e}\"\n\n[[grant]]\nagent = \"bench\"\nresource = \"sink\"\nexpires = \"{e}\"\n",
         e = rfc3339_in(3600)
@@ -157,25 +200,25 @@ fn connect() -> Result<()> {
     let client = |path: Path, mode: &str, port: u16, n: String| -> Command {
         let mut c = match path {
             Path::Gateway => daemon.run_as("bench", &client_bin),
-            Path::Direct | Path::Naive => Command::new(&client_bin),
+            Path::Direct | Path::Floor | Path::Naive => Command::new(&client_bin),
         };
         c.args([mode.to_string(), format!("127.0.0.1:{port}"), n]);
         c
     };
-    let mut samples: [Samples; 3] = Default::default();
+    // CORDON_BENCH_CONNECTS overrides the connects per round (profiling).
+    let connects = std::env::var("CORDON_BENCH_CONNECTS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(CONNECTS_PER_ROUND);
+    let mut samples: [Samples; 4] = Default::default();
     for round in 1..=ROUNDS {
         for (i, path) in Path::ALL.into_iter().enumerate() {
-            let port = if path == Path::Naive {
-                naive_echo
-            } else {
-                echo
+            let port = match path {
+                Path::Naive => naive_echo,
+                Path::Floor => floor_echo.port,
+                Path::Direct | Path::Gateway => echo,
             };
-            let v = measure(&mut client(
-                path,
-                "echo",
-                port,
-                CONNECTS_PER_ROUND.to_string(),
-            ))?;
+            let v = measure(&mut client(path, "echo", port, connects.to_string()))?;
             let rate = v["n"].as_f64().unwrap_or(0.0) / v["secs"].as_f64().unwrap_or(1.0);
             let p50 = v["p50_ns"].as_f64().unwrap_or(0.0) / 1000.0;
             let p99 = v["p99_ns"].as_f64().unwrap_or(0.0) / 1000.0;
@@ -195,10 +238,10 @@ fn connect() -> Result<()> {
     }
     for round in 1..=BULK_ROUNDS {
         for (i, path) in Path::ALL.into_iter().enumerate() {
-            let port = if path == Path::Naive {
-                naive_sink
-            } else {
-                sink
+            let port = match path {
+                Path::Naive => naive_sink,
+                Path::Floor => floor_sink.port,
+                Path::Direct | Path::Gateway => sink,
             };
             let v = measure(&mut client(path, "bulk", port, BULK_BYTES.to_string()))?;
             let mbps = v["bytes"].as_f64().unwrap_or(0.0) / v["secs"].as_f64().unwrap_or(1.0) / 1e6;
@@ -214,29 +257,30 @@ fn connect() -> Result<()> {
     }
     let status = daemon.cli().args(["status", "--json"]).output()?;
     let status: Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
-    let [d, n, g] = samples.map(|s| (median(s.rate), median(s.p50), median(s.p99), median(s.mbps)));
+    let [d, f, n, g] =
+        samples.map(|s| (median(s.rate), median(s.p50), median(s.p99), median(s.mbps)));
     println!(
-        "\nsummary: medians of {ROUNDS} alternating rounds of {CONNECTS_PER_ROUND} connects and {BULK_ROUNDS} of 1 GiB;"
+        "\nsummary: medians of {ROUNDS} alternating rounds of {connects} connects and {BULK_ROUNDS} of 1 GiB;"
     );
     println!(
-        "ratios against direct (and, for reference, a naive tokio relay measured in the same run):"
+        "ratios against direct; for reference, measured in the same run: floor = the least a userspace"
     );
     println!(
-        "  connect+echo rate   cordon {:>7.0}  naive {:>7.0}  direct {:>7.0} conn/s   cordon {:.2}x  naive {:.2}x",
-        g.0, n.0, d.0, g.0 / d.0, n.0 / d.0
+        "relay does (blocking, one connection at a time, no checks), naive = a tokio copy_bidirectional relay"
     );
-    println!(
-        "  connect+echo p50    cordon {:>7.1}  naive {:>7.1}  direct {:>7.1} µs       cordon {:.2}x  naive {:.2}x  (target <= 1.5x)",
-        g.1, n.1, d.1, g.1 / d.1, n.1 / d.1
-    );
-    println!(
-        "  connect+echo p99    cordon {:>7.1}  naive {:>7.1}  direct {:>7.1} µs       cordon {:.2}x  naive {:.2}x",
-        g.2, n.2, d.2, g.2 / d.2, n.2 / d.2
-    );
-    println!(
-        "  bulk 1 GiB          cordon {:>7.0}  naive {:>7.0}  direct {:>7.0} MB/s     cordon {:.2}x  naive {:.2}x  (target >= 0.8x)",
-        g.3, n.3, d.3, g.3 / d.3, n.3 / d.3
-    );
+    let row = |what: &str, unit: &str, pick: fn(&(f64, f64, f64, f64)) -> f64, target: &str| {
+        let (dv, fv, nv, gv) = (pick(&d), pick(&f), pick(&n), pick(&g));
+        println!(
+            "  {what:<19} cordon {gv:>7.1}  floor {fv:>7.1}  naive {nv:>7.1}  direct {dv:>7.1} {unit:<7} cordon {:.2}x  floor {:.2}x  naive {:.2}x{target}",
+            gv / dv,
+            fv / dv,
+            nv / dv
+        );
+    };
+    row("connect+echo rate", "conn/s", |m| m.0, "");
+    row("connect+echo p50", "µs", |m| m.1, "  (target <= 1.5x)");
+    row("connect+echo p99", "µs", |m| m.2, "");
+    row("bulk 1 GiB", "MB/s", |m| m.3, "  (target >= 0.8x)");
     println!(
         "  sessions recorded by cordon: {}",
         status["sessions"]["recorded"]

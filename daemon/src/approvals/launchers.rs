@@ -39,10 +39,22 @@ pub struct Launchers {
     map: Mutex<HashMap<u32, Launch>>,
 }
 
-/// `(ppid, start time)` of `pid` from /proc/PID/stat.
+/// `(ppid, start time)` of `pid` from /proc/PID/stat. Read into a stack
+/// buffer (one open, one read: this runs on every admitted connection).
 fn stat(pid: u32) -> Option<(u32, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&text)
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    // comm is at most 64 bytes and the 52 numeric fields fit easily.
+    let mut buf = [0u8; 1024];
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read(buf.get_mut(len..)?) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(_) => return None,
+        }
+    }
+    parse_stat(std::str::from_utf8(buf.get(..len)?).ok()?)
 }
 
 /// Fields 4 (ppid) and 22 (start time) of a /proc/PID/stat line; comm may
@@ -86,25 +98,26 @@ impl Launchers {
         if self.map.lock().ok()?.is_empty() {
             return None;
         }
-        // The chain is read from /proc without holding the lock.
-        let mut chain = Vec::new();
+        // The chain is read from /proc without holding the lock, one link at
+        // a time: the nearest remembered ancestor ends the walk (a process
+        // started by `cordon run` is usually that ancestor itself).
         let mut pid = pid;
-        while pid > 1 && chain.len() < MAX_DEPTH {
-            let Some((ppid, start)) = stat(pid) else {
-                break;
-            };
-            chain.push((pid, start));
-            pid = ppid;
-        }
-        let map = self.map.lock().ok()?;
-        chain.into_iter().find_map(|(pid, start)| {
-            map.get(&pid)
-                .filter(|l| l.start_time == start && l.agent == agent)
-                .map(|l| Launcher {
+        let mut depth = 0;
+        while pid > 1 && depth < MAX_DEPTH {
+            let (ppid, start) = stat(pid)?;
+            let found = self.map.lock().ok()?.get(&pid).and_then(|l| {
+                (l.start_time == start && l.agent == agent).then(|| Launcher {
                     who: l.who.clone(),
                     human: l.human,
                 })
-        })
+            });
+            if found.is_some() {
+                return found;
+            }
+            pid = ppid;
+            depth += 1;
+        }
+        None
     }
 
     /// Forgets launched processes that have exited.

@@ -280,15 +280,30 @@ impl Store {
     /// Writes (or overwrites) a session record. When this returns Ok the
     /// record survives a crash of the daemon.
     pub fn record(&self, session: &Session) -> Result<(), AuditError> {
-        let mut line = serde_json::to_vec(session).map_err(AuditError::Encode)?;
+        self.record_all(std::slice::from_ref(session))
+    }
+
+    /// Writes several records under one lock, with one journal write.
+    pub fn record_all(&self, sessions: &[Session]) -> Result<(), AuditError> {
+        let mut lines = Vec::with_capacity(sessions.len() * 512);
+        let mut ends = Vec::with_capacity(sessions.len());
+        for session in sessions {
+            serde_json::to_writer(&mut lines, session).map_err(AuditError::Encode)?;
+            ends.push(lines.len());
+            lines.push(b'\n');
+        }
         let mut journal = self.journal.lock().map_err(|_| AuditError::Poisoned)?;
-        self.sessions
-            .insert(session.id.key(), line.as_slice())
-            .map_err(AuditError::Store)?;
-        line.push(b'\n');
+        let mut from = 0;
+        for (session, end) in sessions.iter().zip(ends) {
+            let line = lines.get(from..end).unwrap_or_default();
+            self.sessions
+                .insert(session.id.key(), line)
+                .map_err(AuditError::Store)?;
+            from = end + 1;
+        }
         journal
             .file
-            .write_all(&line)
+            .write_all(&lines)
             .map_err(|source| AuditError::Journal {
                 path: journal.path.clone(),
                 source,
@@ -317,15 +332,20 @@ impl Store {
     }
 
     /// Starts a writer thread for records nobody waits on (session ends), so
-    /// the proxy thread does not pay for them. Dropping the handle drains the
-    /// queue and stops the thread.
+    /// the proxy thread does not pay for them. The writer wakes for the
+    /// first record, then gathers what arrives within [`DEFERRED_BATCH`] and
+    /// writes it at once: senders do not wake it per record. Dropping the
+    /// handle drains the queue and stops the thread.
     pub fn deferred(self: &std::sync::Arc<Self>) -> Deferred {
         let (tx, rx) = std::sync::mpsc::channel::<Session>();
         let store = self.clone();
         let thread = std::thread::spawn(move || {
-            for session in rx {
-                if let Err(e) = store.record(&session) {
-                    tracing::warn!(session = %session.id, error = %e, "could not record the end of a session");
+            while let Ok(first) = rx.recv() {
+                std::thread::sleep(DEFERRED_BATCH);
+                let mut batch = vec![first];
+                batch.extend(rx.try_iter());
+                if let Err(e) = store.record_all(&batch) {
+                    tracing::warn!(sessions = batch.len(), error = %e, "could not record the end of sessions");
                 }
             }
         });
@@ -372,6 +392,9 @@ impl Store {
         &self.db
     }
 }
+
+/// How long the deferred writer gathers session ends before writing them.
+const DEFERRED_BATCH: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Handle to the deferred writer (see [`Store::deferred`]).
 pub struct Deferred {

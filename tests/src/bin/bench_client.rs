@@ -2,6 +2,12 @@
 //! agent cgroup (built in release so its own cost stays small):
 //! `cordon-bench-client echo ADDR N` or `cordon-bench-client bulk ADDR BYTES`.
 //! Prints one JSON line.
+//!
+//! `cordon-bench-client floor LISTEN TARGET` is the reference relay the
+//! benchmark calls "floor": the least a userspace relay can do for a client
+//! that connects one at a time (blocking, one connection at a time, accept,
+//! connect, poll + read/write both ways, no checks, no audit). It prints its
+//! port and serves until killed.
 
 use std::{
     io::{Read, Write},
@@ -14,8 +20,11 @@ use anyhow::{bail, Result};
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [mode, addr, n] = args.as_slice() else {
-        bail!("usage: cordon-bench-client echo|bulk ADDR N")
+        bail!("usage: cordon-bench-client echo|bulk ADDR N | floor LISTEN TARGET")
     };
+    if mode == "floor" {
+        return floor(addr, n);
+    }
     let n: u64 = n.parse()?;
     match mode.as_str() {
         "echo" => echo(addr, n),
@@ -72,5 +81,70 @@ fn bulk(addr: &str, n: u64) -> Result<()> {
         bail!("server counted {reply:?} bytes, sent {n}");
     }
     println!("{}", serde_json::json!({"bytes": n, "secs": secs}));
+    Ok(())
+}
+
+/// See the module documentation.
+fn floor(listen: &str, target: &str) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let listener = std::net::TcpListener::bind(listen)?;
+    println!("{}", listener.local_addr()?.port());
+    std::io::stdout().flush()?;
+    let mut buf = vec![0u8; 256 * 1024];
+    for agent in listener.incoming() {
+        let Ok(mut agent) = agent else { continue };
+        let Ok(mut upstream) = TcpStream::connect(target) else {
+            continue;
+        };
+        let _ = agent.set_nodelay(true);
+        let _ = upstream.set_nodelay(true);
+        let mut open = [true, true];
+        while open.iter().any(|o| *o) {
+            let mut fds = [
+                libc::pollfd {
+                    fd: if open[0] { agent.as_raw_fd() } else { -1 },
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: if open[1] { upstream.as_raw_fd() } else { -1 },
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `fds` is a valid array of two pollfd for the call.
+            #[allow(unsafe_code)]
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if rc < 0 {
+                break;
+            }
+            let mut failed = false;
+            for (i, fd) in fds.iter().enumerate() {
+                if fd.revents == 0 {
+                    continue;
+                }
+                let (from, to) = if i == 0 {
+                    (&mut agent, &mut upstream)
+                } else {
+                    (&mut upstream, &mut agent)
+                };
+                match from.read(&mut buf) {
+                    Ok(0) => {
+                        let _ = to.shutdown(Shutdown::Write);
+                        open[i] = false;
+                    }
+                    Ok(k) => {
+                        if to.write_all(buf.get(..k).unwrap_or_default()).is_err() {
+                            failed = true;
+                        }
+                    }
+                    Err(_) => failed = true,
+                }
+            }
+            if failed {
+                break;
+            }
+        }
+    }
     Ok(())
 }
