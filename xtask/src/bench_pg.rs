@@ -40,6 +40,11 @@ const CREDENTIAL: &str = "bench-db";
 const POLICY: &str = "pg-bench";
 const SUPERUSER: &str = "postgres";
 const TARGET_RATIO: f64 = 0.90;
+/// The same PostgreSQL, also listening here: a `protocol = "tcp"` resource
+/// of the same daemon, so the "relay" path is Cordon with capture, grant
+/// and audit but no protocol work (pgbench brings the password itself). It
+/// measures what any proxy hop costs on this machine, before SQL.
+const RELAY_HOST: &str = "127.0.0.2";
 
 /// The policy under test: default deny, pgbench's statements allowed by
 /// kind (writes only to its own tables), a column mask and a value detector
@@ -123,7 +128,9 @@ pub fn run() -> Result<()> {
          [[agent]]\nname = \"{NAME}\"\n\n\
          [[resource]]\nname = \"{NAME}\"\nprotocol = \"postgres\"\naddress = \"127.0.0.1:{port}\"\n\
          credential = \"{CREDENTIAL}\"\npolicy = \"{POLICY}\"\nupstream_user = \"{NAME}\"\n\n\
-         [[grant]]\nagent = \"{NAME}\"\nresource = \"{NAME}\"\nexpires = \"{e}\"\n",
+         [[grant]]\nagent = \"{NAME}\"\nresource = \"{NAME}\"\nexpires = \"{e}\"\n\n\
+         [[resource]]\nname = \"{NAME}-tcp\"\nprotocol = \"tcp\"\naddress = \"{RELAY_HOST}:{port}\"\n\n\
+         [[grant]]\nagent = \"{NAME}\"\nresource = \"{NAME}-tcp\"\nexpires = \"{e}\"\n",
         pd = policy_dir.display(),
         port = pg.port,
         e = rfc3339_in(3600),
@@ -142,7 +149,7 @@ pub fn run() -> Result<()> {
             None
         }
     };
-    let paths: Vec<Route> = [Route::Direct, Route::Cordon]
+    let paths: Vec<Route> = [Route::Direct, Route::Cordon, Route::Relay]
         .into_iter()
         .chain(bouncer.as_ref().map(|_| Route::Bouncer))
         .collect();
@@ -183,7 +190,7 @@ pub fn run() -> Result<()> {
                     m.p50_ms,
                     m.p99_ms
                 );
-                if route == Route::Cordon {
+                if matches!(route, Route::Cordon | Route::Relay) {
                     // pgbench opens one extra connection to read the scale.
                     cordon_connections += cell.clients + 1;
                 }
@@ -328,6 +335,8 @@ impl Cell {
 enum Route {
     Direct,
     Cordon,
+    /// Cordon's byte relay (see [`RELAY_HOST`]).
+    Relay,
     Bouncer,
 }
 
@@ -336,6 +345,7 @@ impl Route {
         match self {
             Route::Direct => "direct",
             Route::Cordon => "cordon",
+            Route::Relay => "relay",
             Route::Bouncer => "pgbouncer",
         }
     }
@@ -396,7 +406,7 @@ impl Ctx<'_> {
         let (cmd, port) = match route {
             Route::Direct => (Command::new(&pgbench), self.pg.port),
             // No password: Cordon logs in upstream with the vaulted one.
-            Route::Cordon => (self.daemon.run_as(NAME, &pgbench), self.pg.port),
+            Route::Cordon | Route::Relay => (self.daemon.run_as(NAME, &pgbench), self.pg.port),
             Route::Bouncer => (Command::new(&pgbench), self.bouncer.map_or(0, |b| b.port)),
         };
         let run = Run {
@@ -474,7 +484,12 @@ impl Run {
         ));
         let _ = fs::remove_dir_all(&logs);
         fs::create_dir_all(&logs)?;
-        cmd.args(["-h", "127.0.0.1", "-p"])
+        let host = if route == Route::Relay {
+            RELAY_HOST
+        } else {
+            "127.0.0.1"
+        };
+        cmd.args(["-h", host, "-p"])
             .arg(port.to_string())
             .args(["-U", NAME])
             .args(cell.pgbench_args(secs))
@@ -574,12 +589,18 @@ fn report(results: &[(Cell, Vec<Measurement>)], paths: &[Route], secs: u64) {
     let bouncer = paths.contains(&Route::Bouncer);
     println!(
         "\nsummary: medians of {ROUNDS} alternating rounds of {secs} s; pgbench -s {SCALE}; \
-         cordon with policy `{POLICY}` (default deny, masking rules present, audit on)\n"
+         cordon with policy `{POLICY}` (default deny, masking rules present, audit on);\n\
+         relay = the same daemon relaying bytes to the same database (`protocol = \"tcp\"`: capture, grant, audit, no SQL work)\n"
     );
     let mut head = String::from(
         "| workload | clients | protocol | direct TPS | cordon TPS | cordon/direct | direct p50/p99 ms | added p50 ms | added p99 ms |",
     );
     let mut rule = String::from("|---|---:|---|---:|---:|---:|---:|---:|---:|");
+    let relay = paths.contains(&Route::Relay);
+    if relay {
+        head.push_str(" relay TPS | relay/direct |");
+        rule.push_str("---:|---:|");
+    }
     if bouncer {
         head.push_str(" pgbouncer TPS | pgbouncer/direct |");
         rule.push_str("---:|---:|");
@@ -607,6 +628,14 @@ fn report(results: &[(Cell, Vec<Measurement>)], paths: &[Route], secs: u64) {
             g.p50_ms - d.p50_ms,
             g.p99_ms - d.p99_ms,
         );
+        if relay {
+            match by(Route::Relay) {
+                Some(r) => {
+                    let _ = write!(row, " {:.0} | {:.3}x |", r.tps, r.tps / d.tps);
+                }
+                None => row.push_str(" - | - |"),
+            }
+        }
         if bouncer {
             match by(Route::Bouncer) {
                 Some(b) => {
@@ -748,7 +777,7 @@ impl Server {
     fn write_config(&self) -> Result<()> {
         let mut conf = String::from("\n# --- cargo xtask bench postgres\n");
         for line in [
-            "listen_addresses = '127.0.0.1'".to_owned(),
+            format!("listen_addresses = '127.0.0.1,{RELAY_HOST}'"),
             format!(
                 "unix_socket_directories = '{}'",
                 self.socket_dir.display().to_string().replace('\'', "''")
@@ -777,7 +806,8 @@ impl Server {
         let hba =
             "# cargo xtask bench postgres: admin over the private socket, clients by password\n\
                    local all all trust\n\
-                   host  all all 127.0.0.1/32 scram-sha-256\n";
+                   host  all all 127.0.0.1/32 scram-sha-256\n\
+                   host  all all 127.0.0.2/32 scram-sha-256\n";
         let path = self.data.join("pg_hba.conf");
         fs::write(&path, hba).with_context(|| format!("writing {}", path.display()))?;
         Ok(())
