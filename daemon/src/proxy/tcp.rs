@@ -47,12 +47,13 @@ impl End {
 /// Starts a non-blocking connect to the upstream: the handshake proceeds in
 /// the kernel while the caller finishes its bookkeeping.
 pub fn start_connect(target: SocketAddr) -> std::io::Result<TcpStream> {
+    // Non-blocking from creation (one syscall less than fcntl twice after);
+    // socket2 adds SOCK_CLOEXEC itself.
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(target),
-        socket2::Type::STREAM,
+        socket2::Type::STREAM.nonblocking(),
         Some(socket2::Protocol::TCP),
     )?;
-    socket.set_nonblocking(true)?;
     socket.set_nodelay(true)?;
     match socket.connect(&target.into()) {
         Ok(()) => {}
