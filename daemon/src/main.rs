@@ -133,6 +133,10 @@ enum Command {
         /// Log in through a browser redirected to a 127.0.0.1 listener.
         #[arg(long)]
         browser: bool,
+        /// Accept a plain-http provider on a loopback address (tests only;
+        /// as `allow_http_loopback = true` in [identity.oidc]).
+        #[arg(long)]
+        allow_http_loopback: bool,
     },
     /// Who the daemon takes you for: your `cordon login`, or local root.
     Whoami {
@@ -335,7 +339,8 @@ fn main() -> ExitCode {
             issuer,
             client_id,
             browser,
-        } => cli::login::login(&config, issuer, client_id, browser),
+            allow_http_loopback,
+        } => cli::login::login(&config, issuer, client_id, browser, allow_http_loopback),
         Command::Whoami { json } => cli::login::whoami(&config, json),
         Command::SshConfig {
             agent,

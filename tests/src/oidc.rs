@@ -196,10 +196,11 @@ impl OidcProvider {
     }
 
     /// An `[identity.oidc]` table for this provider; `extra` lines are added
-    /// inside it (e.g. `approver_groups = ["approvers"]`).
+    /// inside it (e.g. `approver_groups = ["approvers"]`). The test provider
+    /// speaks plain http on loopback, which needs the explicit opt-in.
     pub fn config_table(&self, extra: &str) -> String {
         format!(
-            "\n[identity.oidc]\nissuer = \"{}\"\nclient_id = \"{}\"\n{extra}\n",
+            "\n[identity.oidc]\nissuer = \"{}\"\nclient_id = \"{}\"\nallow_http_loopback = true\n{extra}\n",
             self.issuer, self.client_id
         )
     }

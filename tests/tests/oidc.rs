@@ -568,6 +568,30 @@ fn cordon_login_refuses_plain_http_off_loopback() {
 }
 
 #[test]
+fn cordon_login_refuses_plain_http_on_loopback_without_the_opt_in() {
+    // A local process can squat a loopback port the provider is not
+    // holding and serve its own keys: plain http there is opt-in.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run_with_limit(
+        Command::new(cordon_bin())
+            .arg("--config")
+            .arg(dir.path().join("absent.toml"))
+            .args([
+                "login",
+                "--issuer",
+                "http://127.0.0.1:9",
+                "--client-id",
+                "x",
+            ])
+            .env("XDG_CACHE_HOME", dir.path()),
+        PROBE_TIME_LIMIT,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("allow_http_loopback"), "{err}");
+}
+
+#[test]
 fn the_test_provider_serves_discovery_and_rotates_keys() {
     // The harness itself, without the daemon (no root needed).
     require_oidc_provider!();

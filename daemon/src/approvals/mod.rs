@@ -23,7 +23,7 @@
 //! text, is a new hold.
 
 pub mod launchers;
-mod notify;
+pub mod notify;
 
 use std::{
     collections::HashMap,

@@ -16,6 +16,12 @@ use crate::{
     identity::oidc::HttpClient,
 };
 
+/// `notify_url` may be plain http to a loopback host (a local relay to
+/// chat or paging): a notification carries no secret, and nothing in the
+/// answer is trusted, so a process squatting that port learns of pending
+/// requests and decides nothing.
+pub const NOTIFY_HTTP_LOOPBACK: bool = true;
+
 /// How long the command may run.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -33,7 +39,10 @@ impl Notifier {
     pub fn new(settings: &Settings, events: Arc<Events>) -> Notifier {
         Notifier {
             command: settings.notify_command.clone(),
-            http: settings.notify_url.as_ref().map(|_| HttpClient::new(None)),
+            http: settings
+                .notify_url
+                .as_ref()
+                .map(|_| HttpClient::new(None, NOTIFY_HTTP_LOOPBACK)),
             url: settings.notify_url.clone(),
             events,
         }

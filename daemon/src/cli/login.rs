@@ -54,8 +54,9 @@ pub fn login(
     issuer: Option<String>,
     client_id: Option<String>,
     browser: bool,
+    allow_http_loopback: bool,
 ) -> anyhow::Result<()> {
-    let settings = settings(config, issuer, client_id)?;
+    let settings = settings(config, issuer, client_id, allow_http_loopback)?;
     let cached = runtime()?.block_on(async {
         let verifier = Verifier::new(settings.clone())?;
         let discovery = verifier.discover().await?;
@@ -188,6 +189,7 @@ fn settings(
     config: &Path,
     issuer: Option<String>,
     client_id: Option<String>,
+    allow_http_loopback: bool,
 ) -> anyhow::Result<Oidc> {
     let from_file = match Config::load(config) {
         Ok(cfg) => cfg.oidc,
@@ -197,9 +199,8 @@ fn settings(
     };
     let base = match (from_file, &issuer, &client_id) {
         (Some(o), _, _) => o,
-        (None, Some(i), Some(c)) => {
-            Oidc::with_defaults(i.clone(), c.clone()).map_err(|e| anyhow!("--issuer: {e}"))?
-        }
+        (None, Some(i), Some(c)) => Oidc::with_defaults(i.clone(), c.clone(), allow_http_loopback)
+            .map_err(|e| anyhow!("--issuer: {e}"))?,
         (None, _, _) => bail!(
             "{} has no [identity.oidc]; add it, or pass both --issuer and --client-id",
             config.display()
@@ -207,11 +208,13 @@ fn settings(
     };
     let mut settings = Oidc {
         client_id: client_id.unwrap_or(base.client_id.clone()),
+        allow_http_loopback: base.allow_http_loopback || allow_http_loopback,
         ..base
     };
     if let Some(i) = issuer {
-        let checked = Oidc::with_defaults(i, settings.client_id.clone())
-            .map_err(|e| anyhow!("--issuer: {e}"))?;
+        let checked =
+            Oidc::with_defaults(i, settings.client_id.clone(), settings.allow_http_loopback)
+                .map_err(|e| anyhow!("--issuer: {e}"))?;
         settings.issuer = checked.issuer;
     }
     Ok(settings)

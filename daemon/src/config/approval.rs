@@ -177,7 +177,8 @@ pub fn parse_approvals(raw: Option<RawApprovals>) -> Result<Approvals, (String, 
                 format!("expected an https:// URL, got `{u}` ({e})"),
             )
         })?;
-        super::oidc::transport_allowed(&url).map_err(|p| ("approvals.notify_url".to_owned(), p))?;
+        super::oidc::transport_allowed(&url, crate::approvals::notify::NOTIFY_HTTP_LOOPBACK)
+            .map_err(|p| ("approvals.notify_url".to_owned(), p))?;
         if !url.username().is_empty() || url.password().is_some() {
             return Err((
                 "approvals.notify_url".into(),

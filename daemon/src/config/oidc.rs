@@ -14,12 +14,15 @@
 //! clock_skew_secs = 60             # default; 0..=600
 //! scopes = ["openid", "profile", "email", "offline_access"]   # default, for `cordon login`
 //! ca_file = "/etc/cordon/idp-ca.pem"   # optional: trust only this CA for the issuer
+//! allow_http_loopback = false      # default; see below
 //! ```
 //!
-//! Plain `http://` issuers are accepted only on loopback (127.0.0.0/8, ::1,
-//! `localhost`), which is what the tests' provider uses; anything else must be
-//! `https://`. The same rule applies to every endpoint the provider's
-//! discovery document names (see [`transport_allowed`]).
+//! The issuer and every endpoint its discovery document names must be
+//! `https://` (see [`transport_allowed`]). Plain `http://` to a loopback host
+//! (127.0.0.0/8, ::1, `localhost`) is accepted only with
+//! `allow_http_loopback = true`, meant for tests: any local process, an agent
+//! included, can listen on a loopback port the provider is not holding at
+//! that moment and serve its own signing keys, which TLS would have stopped.
 
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
@@ -55,6 +58,8 @@ struct RawOidc {
     #[serde(default = "default_scopes")]
     scopes: Vec<String>,
     ca_file: Option<PathBuf>,
+    #[serde(default)]
+    allow_http_loopback: bool,
 }
 
 fn default_groups_claim() -> String {
@@ -88,6 +93,9 @@ pub struct Oidc {
     pub scopes: Vec<String>,
     /// Trust only this CA (PEM) for the provider's TLS; default: the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// Plain http to a loopback provider is accepted (tests only; see the
+    /// module documentation).
+    pub allow_http_loopback: bool,
 }
 
 /// Validates `[identity]` (absent table = no OIDC). Errors are `(key, problem)`
@@ -111,7 +119,7 @@ pub fn parse(raw: Option<RawIdentity>) -> Result<Option<Oidc>, (String, String)>
             format!("expected an https:// URL, got `{}` ({e})", raw.issuer),
         )
     })?;
-    transport_allowed(&url).map_err(|p| (key("issuer"), p))?;
+    transport_allowed(&url, raw.allow_http_loopback).map_err(|p| (key("issuer"), p))?;
     if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
         return Err((
             key("issuer"),
@@ -195,13 +203,19 @@ pub fn parse(raw: Option<RawIdentity>) -> Result<Option<Oidc>, (String, String)>
         clock_skew: Duration::from_secs(raw.clock_skew_secs),
         scopes: raw.scopes,
         ca_file: raw.ca_file,
+        allow_http_loopback: raw.allow_http_loopback,
     }))
 }
 
 impl Oidc {
     /// `issuer` and `client_id` with every other key at its default (for
-    /// `cordon login --issuer URL --client-id ID` without a config table).
-    pub fn with_defaults(issuer: String, client_id: String) -> Result<Oidc, String> {
+    /// `cordon login --issuer URL --client-id ID` without a config table);
+    /// `allow_http_loopback` as `--allow-http-loopback` says.
+    pub fn with_defaults(
+        issuer: String,
+        client_id: String,
+        allow_http_loopback: bool,
+    ) -> Result<Oidc, String> {
         let raw = RawIdentity {
             oidc: Some(RawOidc {
                 issuer,
@@ -214,6 +228,7 @@ impl Oidc {
                 clock_skew_secs: default_clock_skew(),
                 scopes: default_scopes(),
                 ca_file: None,
+                allow_http_loopback,
             }),
         };
         match parse(Some(raw)) {
@@ -229,18 +244,21 @@ fn has_control(s: &str) -> bool {
 }
 
 /// The transport rule for the issuer and every endpoint Cordon talks to on
-/// its behalf: `https://` anywhere, plain `http://` only to a loopback host.
-pub fn transport_allowed(url: &Url) -> Result<(), String> {
+/// its behalf: `https://` anywhere; plain `http://` only to a loopback host,
+/// and only when `http_loopback` (an explicit opt-in) allows it.
+pub fn transport_allowed(url: &Url, http_loopback: bool) -> Result<(), String> {
     match url.scheme() {
         "https" => Ok(()),
-        "http" if is_loopback(url) => Ok(()),
+        "http" if is_loopback(url) && http_loopback => Ok(()),
+        "http" if is_loopback(url) => Err(format!(
+            "`{url}` uses plain http; only https is accepted (plain http to a loopback \
+             provider needs `allow_http_loopback = true`, for tests: any local process \
+             could answer on that port)"
+        )),
         "http" => Err(format!(
-            "`{url}` uses plain http to a host that is not loopback; only https is accepted \
-             (plain http is allowed for 127.0.0.1, [::1] and localhost, for tests)"
+            "`{url}` uses plain http to a host that is not loopback; only https is accepted"
         )),
-        other => Err(format!(
-            "`{url}` has scheme `{other}`; expected https (or http on loopback)"
-        )),
+        other => Err(format!("`{url}` has scheme `{other}`; expected https")),
     }
 }
 
@@ -299,6 +317,7 @@ admin_groups = ["security"]
 clock_skew_secs = 0
 scopes = ["openid"]
 ca_file = "/etc/cordon/ca.pem"
+allow_http_loopback = true
 "#,
         )
         .unwrap()
@@ -309,10 +328,11 @@ ca_file = "/etc/cordon/ca.pem"
         assert_eq!(o.clock_skew, Duration::ZERO);
         assert_eq!(o.scopes, ["openid"]);
         assert_eq!(o.ca_file, Some(PathBuf::from("/etc/cordon/ca.pem")));
+        assert!(o.allow_http_loopback);
     }
 
     #[test]
-    fn http_only_on_loopback() {
+    fn http_only_on_loopback_and_only_when_allowed() {
         for ok in [
             "http://127.0.0.1:8080",
             "http://127.1.2.3",
@@ -321,7 +341,17 @@ ca_file = "/etc/cordon/ca.pem"
             "https://idp.example.com",
         ] {
             let text = GOOD.replace("https://login.example.com/realms/ops", ok);
-            assert!(parse_text(&text).is_ok(), "{ok}");
+            let allowed = format!("{text}allow_http_loopback = true\n");
+            assert!(parse_text(&allowed).is_ok(), "{ok}");
+            // Without the opt-in only https passes.
+            let plain = parse_text(&text);
+            if ok.starts_with("https") {
+                assert!(plain.is_ok(), "{ok}");
+            } else {
+                let e = plain.unwrap_err();
+                assert_eq!(e.0, "identity.oidc.issuer");
+                assert!(e.1.contains("allow_http_loopback"), "{}", e.1);
+            }
         }
         for bad in [
             "http://idp.example.com",
@@ -334,6 +364,8 @@ ca_file = "/etc/cordon/ca.pem"
         ] {
             let text = GOOD.replace("https://login.example.com/realms/ops", bad);
             let e = parse_text(&text).unwrap_err();
+            assert_eq!(e.0, "identity.oidc.issuer", "{bad}: {e:?}");
+            let e = parse_text(&format!("{text}allow_http_loopback = true\n")).unwrap_err();
             assert_eq!(e.0, "identity.oidc.issuer", "{bad}: {e:?}");
         }
     }

@@ -246,7 +246,7 @@ impl Verifier {
             problem: e.to_string(),
         })?;
         Ok(Verifier {
-            http: HttpClient::new(config.ca_file.as_deref()),
+            http: HttpClient::new(config.ca_file.as_deref(), config.allow_http_loopback),
             issuer,
             config,
             state: tokio::sync::Mutex::new(State::default()),

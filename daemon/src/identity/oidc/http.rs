@@ -49,18 +49,22 @@ pub struct HttpClient {
     /// Built once; an error (no CA certificates, unreadable `ca_file`) is
     /// kept and reported by every https request instead.
     tls: Result<Arc<rustls::ClientConfig>, String>,
+    /// Plain http to a loopback host is allowed (see
+    /// [`crate::config::oidc::transport_allowed`]).
+    http_loopback: bool,
 }
 
 impl HttpClient {
-    /// TLS trusts `ca_file` only when given, else the system's roots.
-    pub fn new(ca_file: Option<&std::path::Path>) -> HttpClient {
+    /// TLS trusts `ca_file` only when given, else the system's roots. Plain
+    /// http is refused, except to a loopback host when `http_loopback`.
+    pub fn new(ca_file: Option<&std::path::Path>, http_loopback: bool) -> HttpClient {
         let tls = match ca_file {
             Some(file) => {
                 crate::proxy::tls::upstream_client_config(file).map_err(|e| e.to_string())
             }
             None => system_roots_config(),
         };
-        HttpClient { tls }
+        HttpClient { tls, http_loopback }
     }
 
     /// One request; see the module documentation.
@@ -86,7 +90,7 @@ impl HttpClient {
             source,
         };
         let url = Url::parse(url_text).map_err(|e| refused(e.to_string()))?;
-        transport_allowed(&url).map_err(refused)?;
+        transport_allowed(&url, self.http_loopback).map_err(refused)?;
         let host = url
             .host_str()
             .ok_or_else(|| refused("no host".into()))?
@@ -342,7 +346,7 @@ mod tests {
 
     #[tokio::test]
     async fn plain_http_off_loopback_is_refused_before_connecting() {
-        let client = HttpClient::new(None);
+        let client = HttpClient::new(None, true);
         let req = http::Request::builder()
             .uri("http://192.0.2.1/.well-known/openid-configuration")
             .body(Vec::new())

@@ -23,6 +23,7 @@ fn config() -> Oidc {
         clock_skew: Duration::from_secs(60),
         scopes: vec!["openid".into()],
         ca_file: None,
+        allow_http_loopback: false,
     }
 }
 
@@ -96,7 +97,7 @@ fn verifier(cfg: Oidc, keys: &[&Key]) -> Verifier {
     let set = KeySet::new(keys.iter().map(|k| k.0.as_verification_key()).collect());
     Verifier {
         issuer: IssuerUrl::new(cfg.issuer.clone()).unwrap(),
-        http: HttpClient::new(None),
+        http: HttpClient::new(None, true),
         config: cfg,
         state: tokio::sync::Mutex::new(State {
             keys: Some((Arc::new(set), Instant::now())),
