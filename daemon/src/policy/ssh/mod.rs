@@ -14,7 +14,11 @@
 //! 1. Built-in denials (`builtin/<what>`): a command name only known on the server
 //!    (`$(…)`, glob, `~`), and commands that run shell code this check cannot see: shells
 //!    (`sh`, `bash`, … also as `sh -c '…'` or `… | sh`), `eval`, `.`, `source`, `exec`,
-//!    `command`, `builtin`, `busybox` — matched by base name, so `/bin/sh` too.
+//!    `command`, `builtin`, `busybox` — matched by base name, so `/bin/sh` too; builtins that
+//!    store or load code for later (`trap`, `complete`, `compgen`, `bind`, `fc`, `enable`,
+//!    `alias`); and builtins where bash evaluates a quoted array subscript as code
+//!    (`builtin/shell-eval`: `let`, `read`, `unset`, `declare` and kin, `printf -v`, and
+//!    `test`/`[` with a subscript holding `$` or a backquote).
 //! 2. Legacy scp (`scp [-v -r -p -d] -t PATH` upload, `scp … -f PATH` download, which is what
 //!    `scp -O` runs on the server) is judged by the `[sftp]` section, as a write or read of PATH.
 //! 3. `[[rule]]`s in file order; the first whose `commands` has a matching pattern decides,
@@ -138,6 +142,65 @@ const SHELL_CODE: &[&str] = &[
     "sh", "bash", "dash", "zsh", "ksh", "mksh", "pdksh", "ash", "yash", "posh", "fish", "csh",
     "tcsh", "rbash", "busybox", "eval", ".", "source", "exec", "command", "builtin",
 ];
+
+/// Base names of shell builtins that store shell code to run later or load
+/// code: `trap 'rm -rf ~' EXIT`, `complete -C cmd`, `bind -x`, `fc -s`,
+/// `enable -f lib.so`, `alias`. Denied like [`SHELL_CODE`].
+const DEFERRED_CODE: &[&str] = &[
+    "trap", "complete", "compgen", "bind", "fc", "enable", "alias",
+];
+
+/// Base names of bash builtins that evaluate a variable name they are given,
+/// or an arithmetic expression: an array subscript there is arithmetic, and
+/// bash runs a `$(…)` inside it even when it was quoted on the command line
+/// (`unset 'a[$(rm -rf ~)]'`, `printf -v 'a[$(id)]' x`, `test -v 'a[$(id)]'`,
+/// `declare -i n=…`). The policy sees a quoted word; bash sees a command.
+/// These builtins set or test shell variables, which a remote command has no
+/// use for, so they are denied whole; `test`/`[` only when an operand holds a
+/// subscript with an expansion, and `printf` only with `-v`.
+const NAME_EVAL: &[&str] = &[
+    "let",
+    "read",
+    "unset",
+    "declare",
+    "typeset",
+    "local",
+    "export",
+    "readonly",
+    "getopts",
+    "mapfile",
+    "readarray",
+    "wait",
+];
+
+/// Why bash would evaluate part of `cmd`'s arguments as code, if it would.
+fn name_eval(base: &str, cmd: &shell::Command) -> Option<String> {
+    let args = cmd.words.get(1..).unwrap_or_default();
+    let shown = || shell::shorten(&cmd.display());
+    if NAME_EVAL.contains(&base) {
+        return Some(format!(
+            "`{}` sets or reads shell variables, and bash evaluates array subscripts in them as \
+             code: `{base}` is not allowed",
+            shown()
+        ));
+    }
+    match base {
+        "printf" if args.iter().any(|w| w.text.starts_with("-v")) => Some(format!(
+            "`{}`: bash evaluates the subscript of a `printf -v` variable as code",
+            shown()
+        )),
+        "test" | "[" | "[[" => args
+            .iter()
+            .any(|w| w.text.contains('[') && (w.text.contains('$') || w.text.contains('`')))
+            .then(|| {
+                format!(
+                    "`{}`: bash evaluates an array subscript in a `{base}` operand as code",
+                    shown()
+                )
+            }),
+        _ => None,
+    }
+}
 
 /// Rule names the decisions use for other things.
 const RESERVED: &[&str] = &["default", "shell", "sftp", "sftp-read-only", "sftp-paths"];
@@ -291,6 +354,18 @@ impl SshPolicy {
                     shell::shorten(base)
                 ),
             );
+        }
+        if DEFERRED_CODE.contains(&base) {
+            return builtin(
+                "shell-code",
+                format!(
+                    "`{}` stores or loads shell code this check cannot see",
+                    shell::shorten(base)
+                ),
+            );
+        }
+        if let Some(why) = name_eval(base, cmd) {
+            return builtin("shell-eval", why);
         }
         if name.text == "scp" {
             match scp_server(cmd) {

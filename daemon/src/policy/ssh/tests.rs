@@ -544,6 +544,44 @@ fn star_alone_matches_any_command() {
 // ---- evasions ------------------------------------------------------------------------------
 
 #[test]
+fn builtins_that_evaluate_quoted_text_as_code_are_denied_even_when_allowed() {
+    // Every rule allows: only built-in denials deny.
+    let p = permissive();
+    run_table(
+        &p,
+        &[
+            ("test -f /etc/hostname", Allow, "t/default"),
+            // `[` is a bracket glob to this reader: an unknown command name.
+            ("[ -d /var/log ]", Deny, "builtin/dynamic-command"),
+            ("printf '[%s]\\n' x", Allow, "t/default"),
+            ("test -v 'a[$(touch /tmp/x)]'", Deny, "builtin/shell-eval"),
+            ("test -v 'a[`id`]'", Deny, "builtin/shell-eval"),
+            ("/usr/bin/test -v 'a[$(id)]'", Deny, "builtin/shell-eval"),
+            ("printf -v 'a[$(id)]' x", Deny, "builtin/shell-eval"),
+            ("printf -vx y", Deny, "builtin/shell-eval"),
+            ("unset 'a[$(id)]'", Deny, "builtin/shell-eval"),
+            ("read 'a[$(id)]'", Deny, "builtin/shell-eval"),
+            ("declare -i n=1", Deny, "builtin/shell-eval"),
+            ("export X=1", Deny, "builtin/shell-eval"),
+            ("let 'x=a[$(id)]'", Deny, "builtin/shell-eval"),
+            ("mapfile 'a[$(id)]'", Deny, "builtin/shell-eval"),
+            ("wait -p 'a[$(id)]'", Deny, "builtin/shell-eval"),
+            ("trap 'rm -rf ~' EXIT", Deny, "builtin/shell-code"),
+            (
+                "uptime; trap 'touch /tmp/x' EXIT",
+                Deny,
+                "builtin/shell-code",
+            ),
+            ("complete -C 'touch /tmp/x' ls", Deny, "builtin/shell-code"),
+            ("bind -x '\"\\C-a\":id'", Deny, "builtin/shell-code"),
+            ("enable -f /tmp/x.so x", Deny, "builtin/shell-code"),
+            ("fc -s", Deny, "builtin/shell-code"),
+            ("alias ls='rm -rf ~'", Deny, "builtin/shell-code"),
+        ],
+    );
+}
+
+#[test]
 fn evasion_attempts_against_readonly() {
     let p = shipped(READONLY);
     run_table(
