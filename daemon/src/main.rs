@@ -165,6 +165,17 @@ enum Command {
         /// Why; reviewers judge the request by it.
         #[arg(long)]
         reason: String,
+        /// postgres: the only role the grant lets the agent ask for.
+        #[arg(long)]
+        role: Option<String>,
+        /// postgres: the only database the grant lets the agent ask for.
+        #[arg(long)]
+        database: Option<String>,
+        /// ssh: the only user name the grant lets the agent log in as.
+        /// Without --role/--database/--login, the pins of the agent's
+        /// configured grants on the resource apply.
+        #[arg(long)]
+        login: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -359,8 +370,26 @@ fn main() -> ExitCode {
             actions,
             ttl,
             reason,
+            role,
+            database,
+            login,
             json,
-        } => cli::request::run(&config, &agent, &resource, actions, ttl, &reason, json),
+        } => cli::request::run(
+            &config,
+            cli::request::Ask {
+                agent,
+                resource,
+                actions,
+                pins: grants::Pins {
+                    role,
+                    database,
+                    login,
+                },
+                ttl,
+                reason,
+            },
+            json,
+        ),
         Command::Approvals { command } => match command {
             ApprovalsCommand::List { json } => cli::approvals::list(&config, json),
         },

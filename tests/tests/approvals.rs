@@ -64,6 +64,16 @@ struct World {
 /// `approvals`, and a postgres resource `shop` (reviewed by group `dba`)
 /// with `policy`; `grant` adds a static grant for agent `bot`.
 fn world(policy: &str, resource_extra: &str, approvals: &str, grant: bool) -> World {
+    let grant_table = if grant {
+        format!("\n[[grant]]\nagent = \"bot\"\nresource = \"shop\"\nexpires = \"{FAR_FUTURE}\"\n")
+    } else {
+        String::new()
+    };
+    world_with(policy, resource_extra, approvals, &grant_table)
+}
+
+/// [`world`] with these `[[grant]]` tables.
+fn world_with(policy: &str, resource_extra: &str, approvals: &str, grant_table: &str) -> World {
     let idp = OidcProvider::start();
     let pg = PgServer::start(PgOptions::plain()).expect("postgres");
     let xdg = tempfile::tempdir().expect("tempdir");
@@ -71,11 +81,6 @@ fn world(policy: &str, resource_extra: &str, approvals: &str, grant: bool) -> Wo
     let mut setup = Setup::new()
         .agent("bot")
         .daemon_key(&format!("policy_dir = \"{}\"", policies_dir()));
-    let grant_table = if grant {
-        format!("\n[[grant]]\nagent = \"bot\"\nresource = \"shop\"\nexpires = \"{FAR_FUTURE}\"\n")
-    } else {
-        String::new()
-    };
     setup.extra = format!(
         "{}\n[approvals]\n{approvals}\nnotify_command = [\"/bin/sh\", \"-c\", \"cat >> {log}; echo >> {log}\"]\n\
          \n[[resource]]\nname = \"shop\"\nprotocol = \"postgres\"\naddress = \"{addr}\"\ncredential = \"shop-db\"\n\
@@ -761,4 +766,69 @@ fn the_notify_url_gets_the_pending_hold_as_json() {
     assert!(json.to_string().contains("t_hooked"), "{json}");
     let _ = w.json(Who::Human(bob), &["deny", &id, "--reason", "hook test"]);
     let _ = agent.finish(LIMIT);
+}
+
+#[test]
+fn a_just_in_time_grant_keeps_the_pins_of_the_agents_static_grant() {
+    require_root!();
+    require_oidc_provider!();
+    // The agent's own grant (expired now) only ever reached database
+    // `postgres`: approving more time must not open the shop database.
+    let w = world_with(
+        "pg-readonly",
+        "max_ttl = \"1h\"",
+        "timeout_secs = 5",
+        "\n[[grant]]\nagent = \"bot\"\nresource = \"shop\"\nexpires = \"2000-01-01T00:00:00Z\"\ndatabase = \"postgres\"\n",
+    );
+    let (alice, bob) = (w.alice.as_str(), w.bob.as_str());
+    fn ask<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![
+            "request",
+            "--agent",
+            "bot",
+            "--resource",
+            "shop",
+            "--ttl",
+            "5m",
+            "--reason",
+            "report",
+        ];
+        args.extend_from_slice(extra);
+        args
+    }
+    let t = w.refused(Who::Human(alice), &ask(&["--login", "root"]));
+    assert!(t.contains("--login only applies to ssh resources"), "{t}");
+
+    // Without pins the request inherits the static grant's; reviewers see them.
+    let g = w.json(Who::Human(alice), &ask(&[]));
+    assert_eq!(g["pins"]["database"], "postgres", "{}", pretty(&g));
+    let id = g["id"].as_str().expect("id").to_owned();
+    let listed = w.cordon(Who::Human(bob), &["approvals", "list"]);
+    assert!(
+        text(&listed).contains("database=postgres"),
+        "{}",
+        text(&listed)
+    );
+    let decided = w.json(Who::Human(bob), &["approve", &id]);
+    assert_eq!(decided["grant"]["state"], "active", "{}", pretty(&decided));
+    let out = w.agent_output(None, "select count(*) from customers");
+    let t = text(&out);
+    assert!(!out.status.success(), "the shop database stays closed: {t}");
+    assert!(
+        t.contains(&format!(
+            "just-in-time grant {id} allows role any / database postgres"
+        )),
+        "the agent is told why: {t}\n{}",
+        w.d.context()
+    );
+
+    // Named pins are what the reviewers approve.
+    let g = w.json(Who::Human(alice), &ask(&["--database", SHOP_DB]));
+    assert_eq!(g["pins"]["database"], SHOP_DB, "{}", pretty(&g));
+    let id = g["id"].as_str().expect("id").to_owned();
+    w.json(Who::Human(bob), &["approve", &id]);
+    let out = w.agent_output(None, "select count(*) from customers");
+    assert!(out.status.success(), "{}\n{}", text(&out), w.d.context());
+    assert_eq!(text(&out).trim(), "20");
+    assert_eq!(w.last_session()["grant"], id.as_str());
 }

@@ -49,7 +49,7 @@ use crate::{
     config::{approval::format_duration, Config},
     grants::{
         jit::{self, JitError, JitGrant, NewRequest, State},
-        GrantAction, LiveGrant, LiveSessions,
+        LiveGrant, LiveSessions,
     },
     identity::oidc::Actor,
 };
@@ -341,25 +341,15 @@ impl Approvals {
     // -----------------------------------------------------------------------
     // grant requests
 
-    /// `cordon request`: a pending request by `actor`.
+    /// `cordon request`: a pending request by `actor` (whatever
+    /// `req.requested_by` says, the actor is the requester).
     pub fn request_grant(
         &self,
         actor: &Actor,
-        agent: String,
-        resource: String,
-        actions: Vec<GrantAction>,
-        ttl: Duration,
-        reason: String,
+        mut req: NewRequest,
     ) -> Result<JitGrant, ApprovalError> {
-        let req = NewRequest {
-            agent,
-            resource,
-            actions,
-            ttl,
-            reason,
-            requested_by: actor.audit_name(),
-        };
-        let actions = match jit::validate(&self.config, &req) {
+        req.requested_by = actor.audit_name();
+        let granted = match jit::validate(&self.config, &req) {
             Ok(a) => a,
             Err(JitError::Rule(why)) => return Err(self.refuse(actor, "request", "-", why)),
             Err(e) => return Err(e.into()),
@@ -369,7 +359,7 @@ impl Approvals {
             .map_or(1, |r| r.approvals_required);
         let g = self
             .jit
-            .create(req, actions, required, OffsetDateTime::now_utc())?;
+            .create(req, granted, required, OffsetDateTime::now_utc())?;
         let recorded = self.events.record(
             NewEvent::new(g.requested_by.clone(), EventKind::GrantRequested, &g.id)
                 .on(&g.agent, &g.resource)
@@ -378,6 +368,7 @@ impl Approvals {
                     "ttl": format_duration(Duration::from_secs(g.ttl_secs)),
                     "reason": g.reason,
                     "approvals_required": g.approvals_required,
+                    "pins": g.pins,
                 })),
         );
         if let Err(e) = recorded {
@@ -398,6 +389,7 @@ impl Approvals {
             "agent": g.agent,
             "resource": g.resource,
             "actions": g.actions,
+            "pins": g.pins,
             "ttl_secs": g.ttl_secs,
             "reason": g.reason,
             "requested_by": g.requested_by,

@@ -9,8 +9,28 @@ use super::*;
 use crate::{
     audit::{events::Filter, Session, Verdict},
     config::AgentName,
+    grants::GrantAction,
     identity::oidc::Human,
 };
+
+/// A grant request as `cordon request` sends it (no pins named).
+fn ask(
+    agent: String,
+    resource: String,
+    actions: Vec<GrantAction>,
+    ttl: Duration,
+    reason: String,
+) -> NewRequest {
+    NewRequest {
+        agent,
+        resource,
+        actions,
+        pins: crate::grants::Pins::default(),
+        ttl,
+        reason,
+        requested_by: String::new(),
+    }
+}
 
 fn config(extra_daemon: &str) -> Config {
     let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
@@ -106,22 +126,26 @@ async fn grant_rules_self_approval_groups_counts_and_revocation() {
     let e = hub
         .request_grant(
             &alice,
-            "bot".into(),
-            "db".into(),
-            vec![],
-            Duration::from_secs(7200),
-            "x".into(),
+            ask(
+                "bot".into(),
+                "db".into(),
+                vec![],
+                Duration::from_secs(7200),
+                "x".into(),
+            ),
         )
         .unwrap_err();
     assert!(e.to_string().contains("max_ttl"), "{e}");
     let e = hub
         .request_grant(
             &alice,
-            "bot".into(),
-            "db".into(),
-            vec![GrantAction::Write],
-            hour,
-            "x".into(),
+            ask(
+                "bot".into(),
+                "db".into(),
+                vec![GrantAction::Write],
+                hour,
+                "x".into(),
+            ),
         )
         .unwrap_err();
     assert!(e.to_string().contains("no `write` action"), "{e}");
@@ -129,11 +153,13 @@ async fn grant_rules_self_approval_groups_counts_and_revocation() {
     let g = hub
         .request_grant(
             &alice,
-            "bot".into(),
-            "db".into(),
-            vec![GrantAction::Admin],
-            Duration::from_secs(1800),
-            "incident 7".into(),
+            ask(
+                "bot".into(),
+                "db".into(),
+                vec![GrantAction::Admin],
+                Duration::from_secs(1800),
+                "incident 7".into(),
+            ),
         )
         .unwrap();
     assert_eq!(g.state, State::Pending);
@@ -251,7 +277,10 @@ async fn withdrawal_denial_expiry_and_restart() {
     // tcp resource `box`: global approver groups review, one approval.
     let g = h
         .hub
-        .request_grant(&alice, "bot".into(), "box".into(), vec![], ttl, "r".into())
+        .request_grant(
+            &alice,
+            ask("bot".into(), "box".into(), vec![], ttl, "r".into()),
+        )
         .unwrap();
     let Decided::Grant { grant } = h.hub.deny(&alice, &g.id, "not needed").unwrap() else {
         panic!("grant")
@@ -265,7 +294,10 @@ async fn withdrawal_denial_expiry_and_restart() {
 
     let g = h
         .hub
-        .request_grant(&alice, "bot".into(), "box".into(), vec![], ttl, "r".into())
+        .request_grant(
+            &alice,
+            ask("bot".into(), "box".into(), vec![], ttl, "r".into()),
+        )
         .unwrap();
     let Decided::Grant { grant } = h.hub.approve(&admin, &g.id).unwrap() else {
         panic!("grant")

@@ -47,14 +47,14 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
             "ID", "REQUESTED", "AGENT", "RESOURCE", "ACTIONS", "TTL", "APPROVALS", "BY"
         );
         for g in &p.grants {
-            let actions: Vec<&str> = g.actions.iter().map(|a| a.as_str()).collect();
+            let actions = super::grants::with_pins(&g.actions, &g.pins);
             println!(
                 "  {:<17}  {:<20}  {:<12} {:<12} {:<17} {:>6} {:>9}  {:<28}  {}",
                 g.id,
                 escape(g.requested_at.get(..19).unwrap_or(&g.requested_at)),
                 escape(&g.agent),
                 escape(&g.resource),
-                actions.join(","),
+                actions,
                 format_duration(std::time::Duration::from_secs(g.ttl_secs)),
                 format!("{}/{}", g.approvals.len(), g.approvals_required),
                 escape(&g.requested_by),

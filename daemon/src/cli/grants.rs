@@ -55,7 +55,7 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
     }
     for v in &l.jit {
         let g = &v.grant;
-        let actions: Vec<&str> = g.actions.iter().map(|a| a.as_str()).collect();
+        let actions = with_pins(&g.actions, &g.pins);
         let approvers: Vec<String> = g
             .approvals
             .iter()
@@ -67,7 +67,7 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
             g.state.as_str(),
             escape(&g.agent),
             escape(&g.resource),
-            actions.join(","),
+            actions,
             escape(g.expires_at.as_deref().unwrap_or("-")),
             v.live_sessions.len(),
             escape(&g.requested_by),
@@ -116,4 +116,25 @@ pub fn revoke(config: &Path, id: &str, reason: &str, json: bool) -> anyhow::Resu
         if r.sessions_cut == 1 { "" } else { "s" }
     );
     Ok(())
+}
+
+/// `read,admin` then the grant's pins (`role=x,database=y`), for listings.
+pub fn with_pins(actions: &[crate::grants::GrantAction], pins: &crate::grants::Pins) -> String {
+    let mut out: Vec<String> = vec![actions
+        .iter()
+        .map(|a| a.as_str())
+        .collect::<Vec<_>>()
+        .join(",")];
+    let pinned: Vec<String> = [
+        ("role", &pins.role),
+        ("database", &pins.database),
+        ("login", &pins.login),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", escape(v))))
+    .collect();
+    if !pinned.is_empty() {
+        out.push(pinned.join(","));
+    }
+    out.join(" ")
 }

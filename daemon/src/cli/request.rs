@@ -1,5 +1,6 @@
 //! `cordon request --agent A --resource R [--actions read,write,admin]
-//! --ttl 30m --reason "..."`: asks for a just-in-time grant. It goes live
+//! [--role R --database D | --login L] --ttl 30m --reason "..."`: asks for a
+//! just-in-time grant. It goes live
 //! when the resource's reviewers approve it (`cordon approve ID`), for the
 //! TTL counted from then. Needs `cordon login` (or root).
 
@@ -11,7 +12,7 @@ use super::sessions::escape;
 use crate::{
     config::approval::format_duration,
     control::Request,
-    grants::{jit::JitGrant, GrantAction},
+    grants::{jit::JitGrant, GrantAction, Pins},
 };
 
 /// clap value parser for `--ttl`.
@@ -19,25 +20,28 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     crate::config::approval::parse_duration(text)
 }
 
-pub fn run(
-    config: &Path,
-    agent: &str,
-    resource: &str,
-    actions: Vec<GrantAction>,
-    ttl: Duration,
-    reason: &str,
-    json: bool,
-) -> anyhow::Result<()> {
+/// What `cordon request` asks for.
+pub struct Ask {
+    pub agent: String,
+    pub resource: String,
+    pub actions: Vec<GrantAction>,
+    pub pins: Pins,
+    pub ttl: Duration,
+    pub reason: String,
+}
+
+pub fn run(config: &Path, ask: Ask, json: bool) -> anyhow::Result<()> {
     let id_token = super::approvals::login_token(config)?;
     let data = super::call(
         config,
         &Request::AskGrant {
             id_token,
-            agent: agent.to_owned(),
-            resource: resource.to_owned(),
-            actions,
-            ttl_secs: ttl.as_secs(),
-            reason: reason.to_owned(),
+            agent: ask.agent,
+            resource: ask.resource,
+            actions: ask.actions,
+            pins: ask.pins,
+            ttl_secs: ask.ttl.as_secs(),
+            reason: ask.reason,
         },
     )?;
     if json {
@@ -48,11 +52,12 @@ pub fn run(
         serde_json::from_value(data).context("the daemon's reply has an unexpected shape")?;
     let actions: Vec<&str> = g.actions.iter().map(|a| a.as_str()).collect();
     println!(
-        "grant request {} pending: agent {} on {} ({}) for {} once approved; needs {} approval{}",
+        "grant request {} pending: agent {} on {} ({}; {}) for {} once approved; needs {} approval{}",
         g.id,
         escape(&g.agent),
         escape(&g.resource),
         actions.join(","),
+        escape(&g.pins.describe()),
         format_duration(Duration::from_secs(g.ttl_secs)),
         g.approvals_required,
         if g.approvals_required == 1 { "" } else { "s" }

@@ -64,17 +64,22 @@ pub(super) async fn handle(
             agent,
             resource,
             actions,
+            pins,
             ttl_secs,
             reason,
         } => match actor(gw, verifier, caller, id_token.as_ref(), "request").await {
             Ok(a) => hub
                 .request_grant(
                     &a,
-                    agent,
-                    resource,
-                    actions,
-                    Duration::from_secs(ttl_secs),
-                    reason,
+                    crate::grants::jit::NewRequest {
+                        agent,
+                        resource,
+                        actions,
+                        pins,
+                        ttl: Duration::from_secs(ttl_secs),
+                        reason,
+                        requested_by: String::new(),
+                    },
                 )
                 .map_or_else(refused, |g| reply(&g)),
             Err(r) => r,

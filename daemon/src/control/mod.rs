@@ -129,6 +129,9 @@ pub enum Request {
         resource: String,
         #[serde(default)]
         actions: Vec<crate::grants::GrantAction>,
+        /// Role/database/login the grant is for (none: inherited).
+        #[serde(default)]
+        pins: crate::grants::Pins,
         ttl_secs: u64,
         reason: String,
     },

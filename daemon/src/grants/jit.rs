@@ -21,7 +21,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
-use super::GrantAction;
+use super::{GrantAction, Pins};
 use crate::{
     audit::AuditError,
     config::{approval::format_duration, Config},
@@ -79,6 +79,10 @@ pub struct JitGrant {
     pub agent: String,
     pub resource: String,
     pub actions: Vec<GrantAction>,
+    /// The role/database/login the grant narrows sessions to (see
+    /// [`validate`]).
+    #[serde(default)]
+    pub pins: Pins,
     /// Asked-for lifetime, counted from activation.
     pub ttl_secs: u64,
     pub reason: String,
@@ -258,6 +262,8 @@ pub struct NewRequest {
     pub agent: String,
     pub resource: String,
     pub actions: Vec<GrantAction>,
+    /// Pins the requester named (empty: inherit, see [`validate`]).
+    pub pins: Pins,
     pub ttl: Duration,
     pub reason: String,
     pub requested_by: String,
@@ -265,8 +271,13 @@ pub struct NewRequest {
 
 /// Checks a request against the config: the agent and resource exist, the
 /// resource offers the actions, the TTL is within its `max_ttl`, there is a
-/// reason. Returns the actions, sorted and deduplicated (default: read).
-pub fn validate(config: &Config, req: &NewRequest) -> Result<Vec<GrantAction>, JitError> {
+/// reason, the pins fit the resource's protocol. Returns the actions, sorted
+/// and deduplicated (default: read), and the pins the grant will carry: the
+/// requested ones, or when none were named those of the agent's static
+/// grants on the resource (live or not), so that a just-in-time grant adds
+/// actions and time but never a database or account. Static grants pinned
+/// differently from each other make the requester choose.
+pub fn validate(config: &Config, req: &NewRequest) -> Result<(Vec<GrantAction>, Pins), JitError> {
     if config.agent(&req.agent).is_none() {
         return Err(rule(format!(
             "unknown agent `{}`: it is not declared in {}",
@@ -317,7 +328,69 @@ pub fn validate(config: &Config, req: &NewRequest) -> Result<Vec<GrantAction>, J
             "--reason must be one line of at most {MAX_REASON} bytes"
         )));
     }
-    Ok(actions)
+    let pins = request_pins(config, req, resource.protocol)?;
+    Ok((actions, pins))
+}
+
+/// See [`validate`].
+fn request_pins(
+    config: &Config,
+    req: &NewRequest,
+    protocol: crate::config::Protocol,
+) -> Result<Pins, JitError> {
+    use crate::config::Protocol;
+    let p = &req.pins;
+    if p.login.is_some() && protocol != Protocol::Ssh {
+        return Err(rule("--login only applies to ssh resources"));
+    }
+    if (p.role.is_some() || p.database.is_some()) && protocol != Protocol::Postgres {
+        return Err(rule(
+            "--role and --database only apply to postgres resources",
+        ));
+    }
+    if let Some(l) = &p.login {
+        if !crate::config::valid_login(l) {
+            return Err(rule(format!(
+                "--login: expected a user name of 1-32 of [A-Za-z0-9._-], got `{}`",
+                l.escape_debug()
+            )));
+        }
+    }
+    for (flag, v) in [("--role", &p.role), ("--database", &p.database)] {
+        if let Some(v) = v {
+            if v.is_empty() || v.len() > 63 || v.chars().any(char::is_control) {
+                return Err(rule(format!(
+                    "{flag}: expected a PostgreSQL name of 1-63 bytes, got `{}`",
+                    v.escape_debug()
+                )));
+            }
+        }
+    }
+    if !p.is_empty() {
+        return Ok(p.clone());
+    }
+    let mut inherited: Vec<Pins> = config
+        .grants
+        .iter()
+        .filter(|g| g.agent.as_str() == req.agent && g.resource == req.resource)
+        .map(Pins::of)
+        .collect();
+    inherited.sort();
+    inherited.dedup();
+    match inherited.as_slice() {
+        [] => Ok(Pins::default()),
+        [one] => Ok(one.clone()),
+        several => {
+            let list: Vec<String> = several.iter().map(Pins::describe).collect();
+            Err(rule(format!(
+                "agent `{}` has grants on `{}` pinned differently ({}): name the pins this \
+                 grant is for (--role/--database or --login)",
+                req.agent,
+                req.resource,
+                list.join("; ")
+            )))
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -330,6 +403,7 @@ pub struct ActiveGrant {
     pub agent: String,
     pub resource: String,
     pub actions: Vec<GrantAction>,
+    pub pins: Pins,
     pub expires: OffsetDateTime,
     pub requested_by: String,
     pub approved_by: Option<String>,
@@ -343,6 +417,7 @@ impl ActiveGrant {
             agent: g.agent.clone(),
             resource: g.resource.clone(),
             actions: g.actions.clone(),
+            pins: g.pins.clone(),
             expires: g.expires()?,
             requested_by: g.requested_by.clone(),
             approved_by: g.activated_by().map(str::to_owned),
@@ -472,7 +547,7 @@ impl Store {
     pub fn create(
         &self,
         req: NewRequest,
-        actions: Vec<GrantAction>,
+        (actions, pins): (Vec<GrantAction>, Pins),
         approvals_required: usize,
         now: OffsetDateTime,
     ) -> Result<JitGrant, JitError> {
@@ -481,6 +556,7 @@ impl Store {
             agent: req.agent,
             resource: req.resource,
             actions,
+            pins,
             ttl_secs: req.ttl.as_secs(),
             reason: req.reason.trim().to_owned(),
             requested_by: req.requested_by,
@@ -593,6 +669,7 @@ address = "10.0.0.6:22"
             agent: "bot".into(),
             resource: resource.into(),
             actions: actions.to_vec(),
+            pins: Pins::default(),
             ttl: Duration::from_secs(ttl),
             reason: "incident 42".into(),
             requested_by: "oidc:i#alice".into(),
@@ -606,10 +683,10 @@ address = "10.0.0.6:22"
             &cfg,
             &req("db", &[GrantAction::Admin, GrantAction::Read], 1800),
         );
-        assert_eq!(ok.unwrap(), vec![GrantAction::Read, GrantAction::Admin]);
+        assert_eq!(ok.unwrap().0, vec![GrantAction::Read, GrantAction::Admin]);
         // Default action: read. tcp resources offer all three.
         assert_eq!(
-            validate(&cfg, &req("box", &[], 60)).unwrap(),
+            validate(&cfg, &req("box", &[], 60)).unwrap().0,
             vec![GrantAction::Read]
         );
         assert!(validate(&cfg, &req("box", &[GrantAction::Admin], 3600)).is_ok());
@@ -647,12 +724,111 @@ address = "10.0.0.6:22"
         assert!(e.contains("max_ttl = \"1h\""), "{e}");
     }
 
+    #[test]
+    fn pins_are_named_or_inherited_and_never_widen() {
+        let with_grants = |grants: &str| {
+            let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
+            let text = format!(
+                r#"
+[daemon]
+state_dir = "/s"
+control_socket = "/c"
+policy_dir = "{policies}"
+[[agent]]
+name = "bot"
+[[resource]]
+name = "db"
+protocol = "postgres"
+address = "10.0.0.5:5432"
+credential = "c"
+policy = "pg-readonly"
+[[resource]]
+name = "web"
+protocol = "ssh"
+address = "10.0.0.7:22"
+credential = "k"
+policy = "ssh-readonly"
+host_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"]
+{grants}"#
+            );
+            Config::parse(Path::new("t.toml"), &text).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let pinned = |role: Option<&str>, database: Option<&str>, login: Option<&str>| Pins {
+            role: role.map(str::to_owned),
+            database: database.map(str::to_owned),
+            login: login.map(str::to_owned),
+        };
+        let ask = |resource: &str, pins: Pins| NewRequest {
+            pins,
+            ..req(resource, &[], 600)
+        };
+        // No static grant: no pins unless named.
+        let cfg = with_grants("");
+        assert_eq!(
+            validate(&cfg, &ask("db", Pins::default())).unwrap().1,
+            Pins::default()
+        );
+        let named = pinned(Some("analyst"), Some("orders"), None);
+        assert_eq!(validate(&cfg, &ask("db", named.clone())).unwrap().1, named);
+        // One static grant: its pins are inherited, even once it has expired.
+        let cfg = with_grants(
+            "[[grant]]\nagent = \"bot\"\nresource = \"db\"\nexpires = \"2000-01-01T00:00:00Z\"\ndatabase = \"orders\"\n\
+             [[grant]]\nagent = \"bot\"\nresource = \"web\"\nexpires = \"2999-01-01T00:00:00Z\"\nlogin = \"deploy\"\n",
+        );
+        assert_eq!(
+            validate(&cfg, &ask("db", Pins::default())).unwrap().1,
+            pinned(None, Some("orders"), None)
+        );
+        assert_eq!(
+            validate(&cfg, &ask("web", Pins::default())).unwrap().1,
+            pinned(None, None, Some("deploy"))
+        );
+        // Grants pinned differently: the requester must choose.
+        let cfg = with_grants(
+            "[[grant]]\nagent = \"bot\"\nresource = \"db\"\nexpires = \"2999-01-01T00:00:00Z\"\ndatabase = \"orders\"\n\
+             [[grant]]\nagent = \"bot\"\nresource = \"db\"\nexpires = \"2999-01-01T00:00:00Z\"\ndatabase = \"billing\"\n",
+        );
+        let e = validate(&cfg, &ask("db", Pins::default()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pinned differently") && e.contains("--database"),
+            "{e}"
+        );
+        // Pins must fit the protocol and be names.
+        for (resource, pins, want) in [
+            (
+                "db",
+                pinned(None, None, Some("root")),
+                "--login only applies",
+            ),
+            (
+                "web",
+                pinned(Some("x"), None, None),
+                "only apply to postgres",
+            ),
+            (
+                "web",
+                pinned(None, None, Some("-oProxyCommand")),
+                "--login: expected",
+            ),
+            ("db", pinned(None, Some(""), None), "--database: expected"),
+            ("db", pinned(Some("a\nb"), None, None), "--role: expected"),
+        ] {
+            let e = validate(&cfg, &ask(resource, pins))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+
     fn pending(required: usize) -> JitGrant {
         JitGrant {
             id: "g0000000000000001".into(),
             agent: "bot".into(),
             resource: "db".into(),
             actions: vec![GrantAction::Read],
+            pins: Pins::default(),
             ttl_secs: 1800,
             reason: "r".into(),
             requested_by: "oidc:i#alice".into(),
@@ -736,7 +912,12 @@ address = "10.0.0.6:22"
             let db = sled::open(dir.path()).unwrap();
             let store = Store::open(&db).unwrap();
             let g = store
-                .create(req("db", &[], 600), vec![GrantAction::Read], 1, now)
+                .create(
+                    req("db", &[], 600),
+                    (vec![GrantAction::Read], Pins::default()),
+                    1,
+                    now,
+                )
                 .unwrap();
             id = g.id.clone();
             assert!(id.starts_with('g') && id.len() == 17, "{id}");
@@ -766,7 +947,12 @@ address = "10.0.0.6:22"
         assert_eq!(aged.len(), 1);
         assert_eq!(store.get(&id).unwrap().unwrap().state, State::Expired);
         let next = store
-            .create(req("db", &[], 60), vec![GrantAction::Read], 1, now)
+            .create(
+                req("db", &[], 60),
+                (vec![GrantAction::Read], Pins::default()),
+                1,
+                now,
+            )
             .unwrap();
         assert!(next.id > id, "ids keep growing after a restart");
     }

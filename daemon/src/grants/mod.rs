@@ -6,7 +6,10 @@
 //! When both kinds are live for an agent on a resource, the just-in-time one
 //! decides (it is the access humans approved most recently): among those,
 //! the one with the highest action (admin > write > read), then the
-//! latest-expiring. Just-in-time grants carry no role/database/login pins.
+//! latest-expiring. A just-in-time grant carries role/database/login pins
+//! like a static one ([`Pins`]): named in the request, or else inherited
+//! from the agent's static grants on that resource, so that approving more
+//! actions or time never widens which database or account is reachable.
 //!
 //! A session admitted by a grant holds a [`Cutoff`] from [`LiveSessions`]:
 //! it fires when the grant expires or is revoked, and the protocol handler
@@ -49,6 +52,67 @@ pub enum GrantDenial {
         pinned: String,
     },
 }
+/// What a grant narrows a session to: the postgres role and database the
+/// agent may ask for, the ssh user it may log in as. None: any.
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub struct Pins {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<String>,
+}
+
+impl Pins {
+    pub fn of(g: &crate::config::Grant) -> Pins {
+        Pins {
+            role: g.role.clone(),
+            database: g.database.clone(),
+            login: g.login.clone(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.role.is_none() && self.database.is_none() && self.login.is_none()
+    }
+
+    /// `role X / database any`, `login deploy`, or `any` (for people).
+    pub fn describe(&self) -> String {
+        let any = |v: &Option<String>| v.clone().unwrap_or_else(|| "any".into());
+        match (&self.role, &self.database, &self.login) {
+            (None, None, None) => "any role, database or login".into(),
+            (_, _, Some(l)) if self.role.is_none() && self.database.is_none() => {
+                format!("login {l}")
+            }
+            _ if self.login.is_none() => {
+                format!(
+                    "role {} / database {}",
+                    any(&self.role),
+                    any(&self.database)
+                )
+            }
+            _ => format!(
+                "role {} / database {} / login {}",
+                any(&self.role),
+                any(&self.database),
+                any(&self.login)
+            ),
+        }
+    }
+}
+
 /// A live grant: the session it authorizes must end by `expires` (or when
 /// the grant is revoked: see [`LiveSessions`]).
 #[derive(Debug, Clone)]
@@ -64,6 +128,9 @@ pub struct LiveGrant {
     pub policy: Option<ActionPolicy>,
     /// Whose approval made the just-in-time grant live.
     pub approved_by: Option<String>,
+    /// A just-in-time grant's pins (a static grant's are checked by
+    /// [`check_database`] / [`check_login`] against the config).
+    pub pins: Pins,
 }
 
 impl LiveGrant {
@@ -74,6 +141,7 @@ impl LiveGrant {
             actions: Vec::new(),
             policy: None,
             approved_by: None,
+            pins: Pins::default(),
         }
     }
 
@@ -150,6 +218,7 @@ fn best_jit(
         actions: best.actions,
         policy,
         approved_by: best.approved_by,
+        pins: best.pins,
     })
 }
 
@@ -188,32 +257,46 @@ pub fn check(
     Ok(LiveGrant::fixed(latest))
 }
 
-/// A live just-in-time grant (no pins), else the latest-expiring live static grant for `agent`
-/// on `resource` that `fits` what the agent asked for (`what`); a refusal lists what the live
-/// static grants do pin (`pins` of each).
-#[allow(clippy::too_many_arguments)]
+/// The live just-in-time grant that decides (see [`check`]) if its pins `fit` what the agent
+/// asked for (`what`), else the latest-expiring live static grant for `agent` on `resource`
+/// that fits; a refusal names the pins that are granted.
 fn check_pinned(
     config: &Config,
     jit: &jit::Active,
     agent: &AgentName,
     resource: &str,
     now: OffsetDateTime,
-    fits: impl Fn(&crate::config::Grant) -> bool,
+    fits: impl Fn(&Pins) -> bool,
     what: String,
-    pins: impl Fn(&crate::config::Grant) -> String,
 ) -> Result<LiveGrant, GrantDenial> {
     let first = check(config, jit, agent, resource, now)?;
-    if first.id.is_some() {
-        return Ok(first);
+    if let Some(id) = &first.id {
+        if fits(&first.pins) {
+            return Ok(first);
+        }
+        return Err(GrantDenial::Pinned {
+            agent: agent.to_string(),
+            resource: resource.to_owned(),
+            what,
+            pinned: format!(
+                " (just-in-time grant {id} allows {})",
+                first.pins.describe()
+            ),
+        });
     }
     let live = config
         .grants
         .iter()
         .filter(|g| &g.agent == agent && g.resource == resource && g.expires > now);
-    match live.clone().filter(|g| fits(g)).map(|g| g.expires).max() {
+    match live
+        .clone()
+        .filter(|g| fits(&Pins::of(g)))
+        .map(|g| g.expires)
+        .max()
+    {
         Some(expires) => Ok(LiveGrant::fixed(expires)),
         None => {
-            let allowed: Vec<String> = live.map(pins).collect();
+            let allowed: Vec<String> = live.map(|g| Pins::of(g).describe()).collect();
             Err(GrantDenial::Pinned {
                 agent: agent.to_string(),
                 resource: resource.to_owned(),
@@ -240,18 +323,11 @@ pub fn check_database(
         agent,
         resource,
         now,
-        |g| {
-            g.role.as_deref().is_none_or(|r| r == role)
-                && g.database.as_deref().is_none_or(|d| d == database)
+        |p| {
+            p.role.as_deref().is_none_or(|r| r == role)
+                && p.database.as_deref().is_none_or(|d| d == database)
         },
         format!("role `{role}` and database `{database}`"),
-        |g| {
-            format!(
-                "role {} / database {}",
-                g.role.as_deref().unwrap_or("any"),
-                g.database.as_deref().unwrap_or("any")
-            )
-        },
     )
 }
 
@@ -270,9 +346,8 @@ pub fn check_login(
         agent,
         resource,
         now,
-        |g| g.login.as_deref().is_none_or(|l| l == login),
+        |p| p.login.as_deref().is_none_or(|l| l == login),
         format!("login `{login}`"),
-        |g| format!("login {}", g.login.as_deref().unwrap_or("any")),
     )
 }
 
@@ -536,6 +611,7 @@ expires = "{expires}"
             agent: agent.into(),
             resource: "db".into(),
             actions: actions.to_vec(),
+            pins: Pins::default(),
             ttl_secs: 60,
             reason: "r".into(),
             requested_by: "oidc:i#alice".into(),
@@ -570,10 +646,30 @@ expires = "{expires}"
         assert!(g
             .describe(&a, "db")
             .contains("just-in-time grant g0000000000000002"));
-        // No pins on just-in-time grants; an expired one admits nobody.
+        // A just-in-time grant without pins fits any role, database or
+        // login; an expired one admits nobody.
         assert!(check_database(&old, &jit, &a, "db", "r", "d", now).is_ok());
         assert!(check_login(&old, &jit, &a, "db", "root", now).is_ok());
         assert!(check(&old, &jit, &b, "db", now).is_err());
+        // Its pins hold like a static grant's.
+        let mut pinned = active("g0000000000000004", "a", &[GrantAction::Admin], 600);
+        pinned.pins = Pins {
+            role: Some("analyst".into()),
+            database: Some("orders".into()),
+            login: Some("deploy".into()),
+        };
+        jit.sync(&pinned);
+        let g = check_database(&old, &jit, &a, "db", "analyst", "orders", now).unwrap();
+        assert_eq!(g.id.as_deref(), Some("g0000000000000004"));
+        let e = check_database(&old, &jit, &a, "db", "analyst", "postgres", now).unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "just-in-time grant g0000000000000004 allows role analyst / database orders"
+            ),
+            "{e}"
+        );
+        assert!(check_login(&old, &jit, &a, "db", "deploy", now).is_ok());
+        assert!(check_login(&old, &jit, &a, "db", "root", now).is_err());
     }
 
     #[tokio::test]
