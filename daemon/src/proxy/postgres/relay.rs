@@ -38,9 +38,14 @@ use crate::{
     proxy::{tcp::End, Gateway},
 };
 
-/// Decisions remembered per session for statement texts seen at Parse
-/// (drivers re-parse the same unnamed statement again and again).
-const DECISION_CACHE: usize = 1024;
+/// Decisions remembered per session for statement texts (drivers re-parse
+/// the same unnamed statement again and again; BEGIN and COMMIT recur).
+/// Bounded in entries and in text length, so a session holds at most
+/// about half a megabyte of cached text.
+const DECISION_CACHE: usize = 256;
+
+/// Longer texts are decided every time, not remembered.
+const MAX_CACHED_TEXT: usize = 2048;
 
 pub struct Setup {
     pub gw: Arc<Gateway>,
@@ -422,7 +427,9 @@ impl Session {
                     .str()
                     .map_err(|e| self.protocol_violation(&e.to_string()))?
                     .to_owned();
-                let decision = self.policy.decide(&sql);
+                // Identical texts (BEGIN, COMMIT, a health check, an ORM's
+                // fixed query) are parsed once per session.
+                let decision = self.decide_cached(&sql);
                 let mut pending = self.pending(Arc::from(sql.as_str()), &decision);
                 match self.vet(&decision, &sql).await {
                     Ok(approved) => {
@@ -646,6 +653,9 @@ impl Session {
             return d.clone();
         }
         let d = Arc::new(self.policy.decide(sql));
+        if sql.len() > MAX_CACHED_TEXT {
+            return d;
+        }
         if self.decisions.len() >= DECISION_CACHE {
             self.decisions.clear();
         }
