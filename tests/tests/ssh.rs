@@ -454,6 +454,62 @@ fn sftp_and_scp_read_only() {
     drop(server);
 }
 
+#[test]
+fn sftp_writes_of_shell_startup_files_are_refused() {
+    require_root!();
+    // ssh-ops lets the agent write under /tmp and /srv; a startup file there
+    // would still run code at the next login of whoever's home it is.
+    let (server, d, a) = start("ssh-ops");
+    let dir = tempfile::Builder::new()
+        .prefix("cordon-startup-")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    let local = d.setup.dir.path().join("payload.sh");
+    fs::write(&local, "touch /tmp/cordon-pwned\n").expect("payload");
+    fs::set_permissions(&local, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let batch = d.setup.dir.path().join("batch");
+    let run = |cmds: &str| {
+        fs::write(&batch, cmds).expect("batch");
+        agent_sftp(&d, &a, &batch)
+    };
+    // An ordinary upload works.
+    let out = run(&format!(
+        "put {} {}/ok.sh\n",
+        local.display(),
+        dir.path().display()
+    ));
+    assert!(
+        out.status.success(),
+        "sftp put: {}\n{}",
+        text(&out),
+        d.context()
+    );
+    assert!(dir.path().join("ok.sh").exists());
+    // A startup file, directly, by rename, or through a symlink: refused.
+    for cmds in [
+        format!("put {} {}/.bashrc\n", local.display(), dir.path().display()),
+        format!("rename {0}/ok.sh {0}/.profile\n", dir.path().display()),
+        format!("ln -s {0}/.zshenv {0}/link\n", dir.path().display()),
+        format!("mkdir {}/.ssh\n", dir.path().display()),
+    ] {
+        let out = run(&cmds);
+        assert!(!out.status.success(), "{cmds}: {}", text(&out));
+    }
+    for name in [".bashrc", ".profile", ".zshenv", "link", ".ssh"] {
+        assert!(
+            fs::symlink_metadata(dir.path().join(name)).is_err(),
+            "{name} reached the host"
+        );
+    }
+    drop(server);
+}
+
 fn agent_sftp(d: &Daemon, a: &AgentSsh, batch: &Path) -> Output {
     let argv = vec![
         "sftp".to_owned(),

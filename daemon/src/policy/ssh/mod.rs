@@ -55,7 +55,9 @@
 //! over absolute paths (`*` within a segment, `**` across); a pattern ending in `/**` also
 //! covers its directory itself for reading and listing. Paths are normalized lexically (`.`,
 //! `..`, `//`) before matching; relative paths are denied when `paths` is set. Symlinks on
-//! the server are not resolved: a symlink inside an allowed tree reaches its target.
+//! the server are not resolved: a symlink inside an allowed tree reaches its target. Last, a
+//! write that would run code at the next login is a built-in denial (`builtin/startup-file`,
+//! see [`startup_write`]): shell startup files, `.ssh`, system shell and sshd configuration.
 
 mod shell;
 #[cfg(test)]
@@ -486,6 +488,12 @@ impl SshPolicy {
                 );
             }
         }
+        // Last, so the policy's own refusals keep their names.
+        if op == FileAccess::Write {
+            if let Some(why) = startup_write(path, scope) {
+                return builtin("startup-file", format!("{what} `{shown}` is denied: {why}"));
+            }
+        }
         let verdict = match sftp.action {
             Action::Approve => "needs approval",
             _ => "is allowed",
@@ -598,6 +606,86 @@ fn normalize(path: &str) -> String {
         (false, true) => ".".to_owned(),
         (false, false) => joined,
     }
+}
+
+/// Base names of files a login shell reads and runs (in any directory: a
+/// home directory is wherever the account's is).
+const STARTUP_NAMES: &[&str] = &[
+    ".bashrc",
+    ".bash_profile",
+    ".bash_login",
+    ".bash_logout",
+    ".profile",
+    ".zshrc",
+    ".zshenv",
+    ".zprofile",
+    ".zlogin",
+    ".zlogout",
+    ".kshrc",
+    ".mkshrc",
+    ".cshrc",
+    ".tcshrc",
+    ".login",
+    ".logout",
+    ".inputrc",
+    ".pam_environment",
+    ".environment",
+    ".shrc",
+];
+
+/// System files every login reads or obeys (shell init, sshd, the dynamic
+/// loader), by normalized path or prefix (a prefix ends with `/`).
+const STARTUP_PATHS: &[&str] = &[
+    "/etc/profile",
+    "/etc/profile.d/",
+    "/etc/bash.bashrc",
+    "/etc/bashrc",
+    "/etc/zsh/",
+    "/etc/zshenv",
+    "/etc/zshrc",
+    "/etc/environment",
+    "/etc/ssh/",
+    "/etc/ld.so.preload",
+    "/etc/security/pam_env.conf",
+    "/etc/shells",
+    "/etc/skel/",
+];
+
+/// Why writing `path` would plant code that runs at the next login, outside
+/// the command policy (`ssh host cmd` starts a shell that reads its startup
+/// files; sshd obeys `~/.ssh/authorized_keys`, `rc`, `environment`), if it
+/// would. For an upload into a directory (`Into`, `Tree`) the client names
+/// the files, so a home directory (`.`, `~`, `/root`, `/home/NAME`) or a
+/// `.ssh` directory is refused as a whole.
+fn startup_write(path: &str, scope: Scope) -> Option<String> {
+    let norm = normalize(path.strip_prefix("~/").unwrap_or(path));
+    let parts: Vec<&str> = norm.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.contains(&".ssh") {
+        return Some("it is in a `.ssh` directory, which sshd obeys at the next login".into());
+    }
+    if let Some(name) = parts.last().filter(|n| STARTUP_NAMES.contains(n)) {
+        return Some(format!(
+            "`{name}` is a shell startup file: it would run at the next login, outside the command policy"
+        ));
+    }
+    let system = STARTUP_PATHS.iter().any(|p| match p.strip_suffix('/') {
+        Some(dir) => norm == dir || norm.starts_with(p),
+        None => norm == *p,
+    });
+    if system {
+        return Some("every login reads it: it would run code outside the command policy".into());
+    }
+    let home = matches!(path, "" | "." | "~" | "~/" | "./")
+        || norm == "."
+        || norm == "/root"
+        || (parts.len() == 2 && parts.first() == Some(&"home"));
+    if scope != Scope::Path && home {
+        return Some(
+            "an upload into a home directory may carry shell startup files, whose names only the client knows"
+                .into(),
+        );
+    }
+    None
 }
 
 fn has_dotdot(s: &str) -> bool {

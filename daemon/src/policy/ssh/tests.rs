@@ -837,6 +837,63 @@ fn readonly_policy() {
 }
 
 #[test]
+fn writes_that_would_run_code_at_the_next_login_are_denied_even_when_allowed() {
+    // sftp allowed, read-write, no path limits: only built-in denials deny.
+    let p = permissive();
+    for (path, action) in [
+        ("/srv/app/x.tar", Allow),
+        ("/home/deploy/app/.env", Allow),
+        ("/home/deploy/bashrc.txt", Allow),
+        ("/home/deploy/.bashrc", Deny),
+        (".bashrc", Deny),
+        ("./x/../.profile", Deny),
+        ("/root/.zshenv", Deny),
+        ("/home/deploy/.ssh/authorized_keys", Deny),
+        (".ssh/rc", Deny),
+        ("/home/deploy//.ssh", Deny),
+        ("/etc/profile.d/x.sh", Deny),
+        ("/etc/profile", Deny),
+        ("/etc/ld.so.preload", Deny),
+        ("/etc/ssh/sshd_config", Deny),
+        ("/etc/profiles.txt", Allow),
+        ("/tmp/../etc/bash.bashrc", Deny),
+    ] {
+        let d = p.decide_file(FileAccess::Write, path);
+        let want = if action == Allow {
+            "t/sftp"
+        } else {
+            "builtin/startup-file"
+        };
+        assert_eq!(
+            (d.action, d.rule.as_str()),
+            (action, want),
+            "{path}: {}",
+            d.reason
+        );
+        // Reading them stays the policy's business.
+        assert_eq!(
+            p.decide_file(FileAccess::Read, path).action,
+            Allow,
+            "{path}"
+        );
+    }
+    // Legacy scp: a file named by the path, or an upload into a directory
+    // whose file names only the client knows.
+    run_table(
+        &p,
+        &[
+            ("scp -t /srv/app/x.tar", Allow, "t/sftp"),
+            ("scp -t /home/deploy/.bashrc", Deny, "builtin/startup-file"),
+            ("scp -t .", Deny, "builtin/startup-file"),
+            ("scp -t /root", Deny, "builtin/startup-file"),
+            ("scp -r -t /home/deploy", Deny, "builtin/startup-file"),
+            ("scp -r -t /srv/app", Allow, "t/sftp"),
+            ("scp -f /home/deploy/.bashrc", Allow, "t/sftp"),
+        ],
+    );
+}
+
+#[test]
 fn ops_policy() {
     let p = shipped(OPS);
     run_table(
