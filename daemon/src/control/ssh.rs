@@ -48,7 +48,17 @@ pub fn ssh_config(gw: &Gateway, agent: &str) -> Result<Response, Response> {
         .filter(|r| r.protocol == Protocol::Ssh)
         .filter_map(|r| {
             // Static or just-in-time: any grant that would admit the agent now.
-            crate::grants::check(&gw.config, gw.approvals.active(), &name, &r.name, now).ok()?;
+            let grant =
+                crate::grants::check(&gw.config, gw.approvals.active(), &name, &r.name, now)
+                    .ok()?;
+            if grant.id.is_some() {
+                // A just-in-time grant decides: its login pin, if any.
+                return Some(SshHost {
+                    resource: r.name.clone(),
+                    address: r.address,
+                    login: grant.pins.login,
+                });
+            }
             let live: Vec<_> = gw
                 .config
                 .grants
@@ -60,7 +70,7 @@ pub fn ssh_config(gw: &Gateway, agent: &str) -> Result<Response, Response> {
             logins.dedup();
             let login = match (logins.as_slice(), live.iter().any(|g| g.login.is_none())) {
                 ([one], false) => Some((*one).to_owned()),
-                // Only a just-in-time grant (no login pins): the agent names the user.
+                // Grants without a pin, or with several: the agent names the user.
                 _ => None,
             };
             Some(SshHost {
