@@ -131,10 +131,24 @@ pub fn with_pins(actions: &[crate::grants::GrantAction], pins: &crate::grants::P
         ("login", &pins.login),
     ]
     .into_iter()
-    .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", escape(v))))
+    .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", quoted(v))))
     .collect();
     if !pinned.is_empty() {
         out.push(pinned.join(","));
     }
     out.join(" ")
+}
+
+/// `v` as is when it is a plain name, else in double quotes with `"` and `\`
+/// escaped (and control characters escaped): a role named
+/// `x,database=orders` must not read as two pins.
+fn quoted(v: &str) -> String {
+    let plain = !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'));
+    if plain {
+        v.to_owned()
+    } else {
+        format!("{:?}", v)
+    }
 }

@@ -366,31 +366,50 @@ fn request_pins(
             }
         }
     }
-    if !p.is_empty() {
-        return Ok(p.clone());
-    }
-    let mut inherited: Vec<Pins> = config
+    let inherited: Vec<Pins> = config
         .grants
         .iter()
         .filter(|g| g.agent.as_str() == req.agent && g.resource == req.resource)
         .map(Pins::of)
         .collect();
-    inherited.sort();
-    inherited.dedup();
-    match inherited.as_slice() {
-        [] => Ok(Pins::default()),
-        [one] => Ok(one.clone()),
-        several => {
-            let list: Vec<String> = several.iter().map(Pins::describe).collect();
-            Err(rule(format!(
-                "agent `{}` has grants on `{}` pinned differently ({}): name the pins this \
-                 grant is for (--role/--database or --login)",
-                req.agent,
-                req.resource,
-                list.join("; ")
-            )))
-        }
+    if inherited.is_empty() {
+        return Ok(p.clone());
     }
+    // Each pin the request does not name comes from the static grants: the
+    // one value they agree on (which may be "any"), else the requester
+    // must name it.
+    let pick = |named: &Option<String>,
+                field: fn(&Pins) -> &Option<String>,
+                flag: &str|
+     -> Result<Option<String>, JitError> {
+        if named.is_some() {
+            return Ok(named.clone());
+        }
+        let mut values: Vec<&Option<String>> = inherited.iter().map(field).collect();
+        values.sort();
+        values.dedup();
+        match values.as_slice() {
+            [one] => Ok((*one).clone()),
+            several => {
+                let list: Vec<String> = several
+                    .iter()
+                    .map(|v| v.as_deref().unwrap_or("any").to_owned())
+                    .collect();
+                Err(rule(format!(
+                    "agent `{}` has grants on `{}` pinned to different values ({}): name {flag} \
+                     for this grant",
+                    req.agent,
+                    req.resource,
+                    list.join(", ")
+                )))
+            }
+        }
+    };
+    Ok(Pins {
+        role: pick(&p.role, |x| &x.role, "--role")?,
+        database: pick(&p.database, |x| &x.database, "--database")?,
+        login: pick(&p.login, |x| &x.login, "--login")?,
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -792,8 +811,25 @@ host_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("pinned differently") && e.contains("--database"),
+            e.contains("different values") && e.contains("--database"),
             "{e}"
+        );
+        // Naming the pin they disagree on settles it.
+        assert_eq!(
+            validate(&cfg, &ask("db", pinned(None, Some("orders"), None)))
+                .unwrap()
+                .1,
+            pinned(None, Some("orders"), None)
+        );
+        // A named pin keeps the inherited ones it does not name.
+        let narrow = with_grants(
+            "[[grant]]\nagent = \"bot\"\nresource = \"db\"\nexpires = \"2999-01-01T00:00:00Z\"\nrole = \"analyst\"\ndatabase = \"orders\"\n",
+        );
+        assert_eq!(
+            validate(&narrow, &ask("db", pinned(None, Some("billing"), None)))
+                .unwrap()
+                .1,
+            pinned(Some("analyst"), Some("billing"), None)
         );
         // Pins must fit the protocol and be names.
         for (resource, pins, want) in [

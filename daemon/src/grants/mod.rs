@@ -84,17 +84,25 @@ impl Pins {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.role.is_none() && self.database.is_none() && self.login.is_none()
-    }
-
-    /// `role X / database any`, `login deploy`, or `any` (for people).
+    /// `role X / database any`, `login deploy`, or `any` (for people; a
+    /// value that is not a plain name is quoted).
     pub fn describe(&self) -> String {
-        let any = |v: &Option<String>| v.clone().unwrap_or_else(|| "any".into());
+        let any = |v: &Option<String>| match v.as_deref() {
+            None => "any".to_owned(),
+            Some(s)
+                if !s.is_empty()
+                    && s.chars().all(|c| {
+                        c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$')
+                    }) =>
+            {
+                s.to_owned()
+            }
+            Some(s) => format!("{s:?}"),
+        };
         match (&self.role, &self.database, &self.login) {
             (None, None, None) => "any role, database or login".into(),
-            (_, _, Some(l)) if self.role.is_none() && self.database.is_none() => {
-                format!("login {l}")
+            (_, _, Some(_)) if self.role.is_none() && self.database.is_none() => {
+                format!("login {}", any(&self.login))
             }
             _ if self.login.is_none() => {
                 format!(

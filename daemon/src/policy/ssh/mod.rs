@@ -142,14 +142,14 @@ struct PathPattern {
 /// Base names of commands that run shell code the policy cannot see (built-in denial).
 const SHELL_CODE: &[&str] = &[
     "sh", "bash", "dash", "zsh", "ksh", "mksh", "pdksh", "ash", "yash", "posh", "fish", "csh",
-    "tcsh", "rbash", "busybox", "eval", ".", "source", "exec", "command", "builtin",
+    "tcsh", "rbash", "busybox", "eval", ".", "source", "exec", "command", "builtin", "jobs",
 ];
 
 /// Base names of shell builtins that store shell code to run later or load
 /// code: `trap 'rm -rf ~' EXIT`, `complete -C cmd`, `bind -x`, `fc -s`,
 /// `enable -f lib.so`, `alias`. Denied like [`SHELL_CODE`].
 const DEFERRED_CODE: &[&str] = &[
-    "trap", "complete", "compgen", "bind", "fc", "enable", "alias",
+    "trap", "complete", "compgen", "bind", "fc", "enable", "alias", "hash",
 ];
 
 /// Base names of bash builtins that evaluate a variable name they are given,
@@ -615,6 +615,7 @@ const STARTUP_NAMES: &[&str] = &[
     ".bash_profile",
     ".bash_login",
     ".bash_logout",
+    ".bash_aliases",
     ".profile",
     ".zshrc",
     ".zshenv",
@@ -633,8 +634,13 @@ const STARTUP_NAMES: &[&str] = &[
     ".shrc",
 ];
 
-/// System files every login reads or obeys (shell init, sshd, the dynamic
-/// loader), by normalized path or prefix (a prefix ends with `/`).
+/// Directories under `.config` that a login starts or reads (systemd user
+/// units, environment.d, fish).
+const STARTUP_CONFIG_DIRS: &[&str] = &["systemd", "environment.d", "fish"];
+
+/// System files and directories every login reads, runs or obeys (shell
+/// init, sshd, PAM, motd scripts, the dynamic loader), by normalized path or
+/// prefix (a prefix ends with `/`).
 const STARTUP_PATHS: &[&str] = &[
     "/etc/profile",
     "/etc/profile.d/",
@@ -643,23 +649,44 @@ const STARTUP_PATHS: &[&str] = &[
     "/etc/zsh/",
     "/etc/zshenv",
     "/etc/zshrc",
+    "/etc/zprofile",
+    "/etc/zlogin",
+    "/etc/zlogout",
+    "/etc/csh.cshrc",
+    "/etc/csh.login",
+    "/etc/csh.logout",
     "/etc/environment",
     "/etc/ssh/",
+    "/etc/pam.d/",
+    "/etc/security/",
+    "/etc/update-motd.d/",
     "/etc/ld.so.preload",
-    "/etc/security/pam_env.conf",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d/",
     "/etc/shells",
     "/etc/skel/",
 ];
 
+/// Directories whose whole contents the checks above protect: writing one
+/// of them, or an ancestor, as a path (rename, remove, chmod, or a symlink
+/// pointing at it) or as an upload target (names chosen by the client)
+/// reaches them.
+const STARTUP_DIRS: &[&str] = &["/etc", "/home", "/root"];
+
 /// Why writing `path` would plant code that runs at the next login, outside
 /// the command policy (`ssh host cmd` starts a shell that reads its startup
 /// files; sshd obeys `~/.ssh/authorized_keys`, `rc`, `environment`), if it
-/// would. For an upload into a directory (`Into`, `Tree`) the client names
-/// the files, so a home directory (`.`, `~`, `/root`, `/home/NAME`) or a
-/// `.ssh` directory is refused as a whole.
+/// would. Also refused, since they reach such files by another name: paths
+/// under `/proc` (`/proc/self/root/etc/…`); `/`, `/etc`, `/home`, `/root`, a
+/// home directory (`/home/NAME`, `.`, `~`) or a relative path above it, as a
+/// path or a symlink target; and uploads into any of them, or with a
+/// relative target, whose file names only the client knows.
 fn startup_write(path: &str, scope: Scope) -> Option<String> {
     let norm = normalize(path.strip_prefix("~/").unwrap_or(path));
     let parts: Vec<&str> = norm.split('/').filter(|p| !p.is_empty()).collect();
+    if norm == "/proc" || norm.starts_with("/proc/") {
+        return Some("paths under /proc name other files (/proc/self/root/…)".into());
+    }
     if parts.contains(&".ssh") {
         return Some("it is in a `.ssh` directory, which sshd obeys at the next login".into());
     }
@@ -668,6 +695,11 @@ fn startup_write(path: &str, scope: Scope) -> Option<String> {
             "`{name}` is a shell startup file: it would run at the next login, outside the command policy"
         ));
     }
+    if parts.windows(2).any(|w| {
+        w.first() == Some(&".config") && w.get(1).is_some_and(|d| STARTUP_CONFIG_DIRS.contains(d))
+    }) {
+        return Some("a login starts or reads what is in this `.config` directory".into());
+    }
     let system = STARTUP_PATHS.iter().any(|p| match p.strip_suffix('/') {
         Some(dir) => norm == dir || norm.starts_with(p),
         None => norm == *p,
@@ -675,13 +707,26 @@ fn startup_write(path: &str, scope: Scope) -> Option<String> {
     if system {
         return Some("every login reads it: it would run code outside the command policy".into());
     }
-    let home = matches!(path, "" | "." | "~" | "~/" | "./")
+    let relative = !norm.starts_with('/');
+    let home = matches!(path, "" | "~" | "~/")
         || norm == "."
-        || norm == "/root"
+        || (relative && parts.first() == Some(&".."))
         || (parts.len() == 2 && parts.first() == Some(&"home"));
-    if scope != Scope::Path && home {
+    let above = !relative
+        && STARTUP_DIRS.iter().any(|d| {
+            norm == *d || norm == "/" || d.starts_with(&format!("{}/", norm.trim_end_matches('/')))
+        });
+    if home || above {
         return Some(
-            "an upload into a home directory may carry shell startup files, whose names only the client knows"
+            "it is (or holds) home directories or system configuration, whose startup files \
+             would run at the next login"
+                .into(),
+        );
+    }
+    if scope != Scope::Path && relative {
+        return Some(
+            "an upload to a relative path lands in the login's home directory, and the file \
+             names only the client knows may be startup files"
                 .into(),
         );
     }

@@ -577,6 +577,8 @@ fn builtins_that_evaluate_quoted_text_as_code_are_denied_even_when_allowed() {
             ("enable -f /tmp/x.so x", Deny, "builtin/shell-code"),
             ("fc -s", Deny, "builtin/shell-code"),
             ("alias ls='rm -rf ~'", Deny, "builtin/shell-code"),
+            ("hash -p /bin/rm ls", Deny, "builtin/shell-code"),
+            ("jobs -x eval 'echo x'", Deny, "builtin/shell-code"),
         ],
     );
 }
@@ -857,6 +859,23 @@ fn writes_that_would_run_code_at_the_next_login_are_denied_even_when_allowed() {
         ("/etc/ssh/sshd_config", Deny),
         ("/etc/profiles.txt", Allow),
         ("/tmp/../etc/bash.bashrc", Deny),
+        ("/home/deploy/.bash_aliases", Deny),
+        ("/etc/update-motd.d/99-x", Deny),
+        ("/etc/pam.d/sshd", Deny),
+        ("/home/deploy/.config/systemd/user/x.service", Deny),
+        ("/home/deploy/.config/app.toml", Allow),
+        // Other names for the same files, and their directories (as a path,
+        // a rename or a symlink target).
+        ("/proc/self/root/etc/profile.d/x.sh", Deny),
+        ("/proc/self/cwd/x", Deny),
+        ("/etc", Deny),
+        ("/home", Deny),
+        ("/home/deploy", Deny),
+        ("/root/", Deny),
+        ("/", Deny),
+        ("..", Deny),
+        ("../other/x", Deny),
+        ("/srv/app", Allow),
     ] {
         let d = p.decide_file(FileAccess::Write, path);
         let want = if action == Allow {
@@ -889,6 +908,13 @@ fn writes_that_would_run_code_at_the_next_login_are_denied_even_when_allowed() {
             ("scp -r -t /home/deploy", Deny, "builtin/startup-file"),
             ("scp -r -t /srv/app", Allow, "t/sftp"),
             ("scp -f /home/deploy/.bashrc", Allow, "t/sftp"),
+            ("scp -r -t /home", Deny, "builtin/startup-file"),
+            ("scp -t /etc", Deny, "builtin/startup-file"),
+            ("scp -r -t /", Deny, "builtin/startup-file"),
+            ("scp -r -t ..", Deny, "builtin/startup-file"),
+            ("scp -t ../deploy", Deny, "builtin/startup-file"),
+            ("scp -t /proc/self/cwd", Deny, "builtin/startup-file"),
+            ("scp -t app", Deny, "builtin/startup-file"),
         ],
     );
 }
