@@ -507,6 +507,66 @@ fn sftp_writes_of_shell_startup_files_are_refused() {
             "{name} reached the host"
         );
     }
+
+    // Legacy scp (`scp -O`, the host runs `scp -t DIR`): the client names the
+    // files inside the stream, and each name is checked there.
+    let tree = d.setup.dir.path().join("tree");
+    fs::create_dir_all(tree.join("conf")).expect("mkdir");
+    fs::write(tree.join("conf/app.toml"), "x = 1\n").expect("write");
+    for p in [tree.clone(), tree.join("conf")] {
+        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+    }
+    fs::set_permissions(
+        tree.join("conf/app.toml"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .expect("chmod");
+    let target = format!("host:{}/", dir.path().display());
+    let out = agent_scp(&d, &a, &["-O", "-r", &tree.display().to_string(), &target]);
+    assert!(
+        out.status.success(),
+        "scp -O -r: {}\n{}",
+        text(&out),
+        d.context()
+    );
+    assert!(dir.path().join("tree/conf/app.toml").exists());
+    let dotfile = d.setup.dir.path().join(".bashrc");
+    fs::copy(&local, &dotfile).expect("copy");
+    let out = agent_scp(&d, &a, &["-O", &dotfile.display().to_string(), &target]);
+    assert!(!out.status.success(), "scp -O .bashrc: {}", text(&out));
+    assert!(
+        text(&out).contains("startup"),
+        "the agent is told why: {}",
+        text(&out)
+    );
+    fs::write(tree.join(".profile"), "id\n").expect("write");
+    fs::set_permissions(
+        tree.join(".profile"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .expect("chmod");
+    let out = agent_scp(
+        &d,
+        &a,
+        &[
+            "-O",
+            "-r",
+            &tree.display().to_string(),
+            &format!("host:{}/second/", dir.path().display()),
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "scp -O -r with a .profile: {}",
+        text(&out)
+    );
+    for name in [".bashrc", "tree/.profile", "second/.profile"] {
+        assert!(
+            fs::symlink_metadata(dir.path().join(name)).is_err(),
+            "{name} reached the host"
+        );
+    }
     drop(server);
 }
 

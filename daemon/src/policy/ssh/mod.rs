@@ -224,6 +224,19 @@ impl SshPolicy {
 
     /// An exec request's command text (what sshd runs with `$SHELL -c`), including legacy
     /// `scp -t` / `scp -f`. Every part must pass; the strictest verdict wins.
+    /// When `command` is one legacy scp upload (`scp … -t TARGET`), its TARGET: the stream
+    /// that follows names the files, and the gateway checks each with [`Self::decide_file`].
+    pub fn scp_upload_target(command: &str) -> Option<String> {
+        let parts = shell::parse(command).ok()?;
+        let [part] = parts.as_slice() else {
+            return None;
+        };
+        match scp_server(part)? {
+            Ok(scp) if scp.upload && !scp.path.dynamic => Some(scp.path.text),
+            _ => None,
+        }
+    }
+
     pub fn decide_exec(&self, command: &str) -> SshDecision {
         let parts = match shell::parse(command) {
             Ok(parts) => parts,

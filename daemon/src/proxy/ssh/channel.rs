@@ -3,8 +3,9 @@
 //! - agent -> upstream ([`from_agent`]): every request is decided here. pty-req, env (LANG and
 //!   LC_* only), window-change and signals are passed on; exec, shell and subsystem go through
 //!   the SSH policy; X11 and agent forwarding are refused. Data reaches the upstream only after
-//!   a command was allowed, through the sftp inspector for sftp channels, and through the
-//!   typed-line check for interactive shells with a pty (best effort: see README).
+//!   a command was allowed, through the sftp inspector for sftp channels, through the scp
+//!   stream inspector for legacy `scp -t` uploads, and through the typed-line check for
+//!   interactive shells with a pty (best effort: see README).
 //! - upstream -> agent ([`from_upstream`]): output, stderr, exit status and signals, replies to
 //!   the requests passed on (in order), EOF and close.
 //!
@@ -21,7 +22,7 @@ use russh::{client, server, Channel, ChannelId, ChannelMsg, ChannelReadHalf, Cha
 use tokio::sync::oneshot;
 use tracing::{debug, info};
 
-use super::{sftp, Conn};
+use super::{scp, sftp, Conn};
 use crate::{
     audit::recording::EventKind,
     policy::{
@@ -49,6 +50,9 @@ enum Mode {
     Lines(Vec<u8>),
     /// The sftp subsystem: every packet is inspected.
     Sftp,
+    /// A legacy scp upload (`scp -t TARGET`): every file and directory name in the
+    /// client's stream is checked against the file rules.
+    ScpSink(scp::Sink),
 }
 
 struct Shared {
@@ -257,6 +261,10 @@ async fn from_agent(sh: Arc<Shared>, mut rx: ChannelReadHalf, up: ChannelWriteHa
                             // like lines typed in a shell.
                             mode = if pty {
                                 Mode::Typed(LineWatch::default())
+                            } else if let Some(target) = SshPolicy::scp_upload_target(&text) {
+                                // Legacy scp upload: the client names the files in the
+                                // stream; each name is checked before the host sees it.
+                                Mode::ScpSink(scp::Sink::new(target))
                             } else {
                                 Mode::Plain
                             };
@@ -410,6 +418,43 @@ async fn agent_data(
             }
             up.data_bytes(pass).await.is_ok()
         }
+        Mode::ScpSink(sink) => {
+            sh.conn.recorder.event(
+                sh.rec,
+                EventKind::Input {
+                    data: data.to_vec(),
+                },
+            );
+            let check = |path: &str| -> Result<(), String> {
+                let d = policy.decide_file(FileAccess::Write, path);
+                match d.action {
+                    Action::Allow => Ok(()),
+                    _ => Err(format!("denied by {}: {}", d.rule, d.reason)),
+                }
+            };
+            match sink.feed(&data, &check) {
+                Ok(pass) => pass.is_empty() || up.data_bytes(pass).await.is_ok(),
+                Err(why) => {
+                    info!(reason = %why, "ssh: scp upload stopped");
+                    record_request(
+                        sh,
+                        "scp-upload",
+                        "",
+                        Action::Deny,
+                        "builtin/scp-stream",
+                        Some(why.clone()),
+                    );
+                    // scp's fatal-error record (the client prints it and stops), then
+                    // the channel ends here: the host's scp never saw the header.
+                    let _ = sh
+                        .agent_tx
+                        .data_bytes(format!("\u{2}cordon: {why}\n").into_bytes())
+                        .await;
+                    end_channel(sh, up, &format!("cordon: scp upload stopped: {why}")).await;
+                    false
+                }
+            }
+        }
         Mode::Sftp => {
             let flow = match sh.sftp.lock() {
                 Ok(mut guard) => match guard.as_mut() {
@@ -442,6 +487,7 @@ async fn agent_data(
                         "builtin/sftp-protocol",
                         Some(e.to_string()),
                     );
+                    end_channel(sh, up, &format!("cordon: sftp stream refused: {e}")).await;
                     false
                 }
             }
@@ -672,6 +718,26 @@ async fn stdin_line(sh: &Shared, policy: &SshPolicy, line: Vec<u8>) -> Option<Ve
 }
 
 /// A line of Cordon's on the channel's stderr, recorded as what the agent saw.
+/// Ends a channel Cordon stopped mid-stream: the host's side is closed, the
+/// agent reads `text` on stderr, exit status [`DENIED_STATUS`], EOF and close
+/// (without them its client would wait on a channel nobody serves).
+async fn end_channel(sh: &Shared, up: &ChannelWriteHalf<client::Msg>, text: &str) {
+    let _ = up.close().await;
+    say_stderr(sh, text).await;
+    let _ = sh
+        .handle
+        .exit_status_request(sh.agent_id, DENIED_STATUS)
+        .await;
+    sh.conn.recorder.event(
+        sh.rec,
+        EventKind::Exit {
+            status: DENIED_STATUS,
+        },
+    );
+    let _ = sh.agent_tx.eof().await;
+    let _ = sh.agent_tx.close().await;
+}
+
 async fn say_stderr(sh: &Shared, text: &str) {
     let line = format!("{text}\n");
     sh.conn.recorder.event(

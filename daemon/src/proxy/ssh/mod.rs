@@ -14,6 +14,7 @@
 //!   ([`crate::audit::recording`]).
 
 mod channel;
+mod scp;
 mod sftp;
 mod upstream;
 
