@@ -344,8 +344,13 @@ impl Store {
                 std::thread::sleep(DEFERRED_BATCH);
                 let mut batch = vec![first];
                 batch.extend(rx.try_iter());
-                if let Err(e) = store.record_all(&batch) {
-                    tracing::warn!(sessions = batch.len(), error = %e, "could not record the end of sessions");
+                if store.record_all(&batch).is_err() {
+                    // One bad record must not cost the others: one at a time.
+                    for session in &batch {
+                        if let Err(e) = store.record(session) {
+                            tracing::warn!(session = %session.id, error = %e, "could not record the end of a session");
+                        }
+                    }
                 }
             }
         });
