@@ -376,7 +376,7 @@ fn main() -> ExitCode {
             json,
         } => cli::request::run(
             &config,
-            cli::request::Ask {
+            grants::jit::NewRequest {
                 agent,
                 resource,
                 actions,
@@ -387,6 +387,7 @@ fn main() -> ExitCode {
                 },
                 ttl,
                 reason,
+                requested_by: String::new(),
             },
             json,
         ),

@@ -106,6 +106,23 @@ fn world_with(policy: &str, resource_extra: &str, approvals: &str, grant_table: 
     }
 }
 
+/// `cordon request` for agent `bot` on `shop`, then `extra`.
+fn request<'a>(ttl: &'a str, reason: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "request",
+        "--agent",
+        "bot",
+        "--resource",
+        "shop",
+        "--ttl",
+        ttl,
+        "--reason",
+        reason,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -268,35 +285,10 @@ fn jit_grant_requested_approved_used_and_cut_at_expiry() {
     // Requests are checked: an unknown action, too long a TTL, no login.
     let t = w.refused(
         Who::Human(alice),
-        &[
-            "request",
-            "--agent",
-            "bot",
-            "--resource",
-            "shop",
-            "--actions",
-            "write",
-            "--ttl",
-            "5m",
-            "--reason",
-            "x",
-        ],
+        &request("5m", "x", &["--actions", "write"]),
     );
     assert!(t.contains("offers no `write` action"), "{t}");
-    let t = w.refused(
-        Who::Human(alice),
-        &[
-            "request",
-            "--agent",
-            "bot",
-            "--resource",
-            "shop",
-            "--ttl",
-            "2h",
-            "--reason",
-            "x",
-        ],
-    );
+    let t = w.refused(Who::Human(alice), &request("2h", "x", &[]));
     assert!(t.contains("max_ttl"), "{t}");
     let nobody_out = run_with_limit(
         Command::new("setpriv")
@@ -304,17 +296,7 @@ fn jit_grant_requested_approved_used_and_cut_at_expiry() {
             .arg(cordon_tests::cordon_bin())
             .arg("--config")
             .arg(w.d.config())
-            .args([
-                "request",
-                "--agent",
-                "bot",
-                "--resource",
-                "shop",
-                "--ttl",
-                "5m",
-                "--reason",
-                "x",
-            ])
+            .args(request("5m", "x", &[]))
             .env_remove("CORDON_ID_TOKEN")
             .env("XDG_CACHE_HOME", "/nonexistent"),
         LIMIT,
@@ -328,19 +310,7 @@ fn jit_grant_requested_approved_used_and_cut_at_expiry() {
     // Alice asks; the notification hook gets the request.
     let g = w.json(
         Who::Human(alice),
-        &[
-            "request",
-            "--agent",
-            "bot",
-            "--resource",
-            "shop",
-            "--actions",
-            "read",
-            "--ttl",
-            "8s",
-            "--reason",
-            "incident 4711",
-        ],
+        &request("8s", "incident 4711", &["--actions", "read"]),
     );
     let id = g["id"].as_str().expect("id").to_owned();
     assert_eq!(g["state"], "pending");
@@ -496,20 +466,7 @@ fn revocation_cuts_a_live_session() {
     let w = world("pg-readonly", "approvals_required = 2", "", false);
     let (alice, bob) = (w.alice.as_str(), w.bob.as_str());
     let dora = w.idp.id_token("dora", &["admins"]);
-    let g = w.json(
-        Who::Human(alice),
-        &[
-            "request",
-            "--agent",
-            "bot",
-            "--resource",
-            "shop",
-            "--ttl",
-            "10m",
-            "--reason",
-            "migration",
-        ],
-    );
+    let g = w.json(Who::Human(alice), &request("10m", "migration", &[]));
     let id = g["id"].as_str().expect("id").to_owned();
     assert_eq!(g["approvals_required"], 2);
     let one = w.json(Who::Human(bob), &["approve", &id]);
@@ -781,21 +738,7 @@ fn a_just_in_time_grant_keeps_the_pins_of_the_agents_static_grant() {
         "\n[[grant]]\nagent = \"bot\"\nresource = \"shop\"\nexpires = \"2000-01-01T00:00:00Z\"\ndatabase = \"postgres\"\n",
     );
     let (alice, bob) = (w.alice.as_str(), w.bob.as_str());
-    fn ask<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-        let mut args = vec![
-            "request",
-            "--agent",
-            "bot",
-            "--resource",
-            "shop",
-            "--ttl",
-            "5m",
-            "--reason",
-            "report",
-        ];
-        args.extend_from_slice(extra);
-        args
-    }
+    let ask = |extra: &[&'static str]| request("5m", "report", extra);
     let t = w.refused(Who::Human(alice), &ask(&["--login", "root"]));
     assert!(t.contains("--login only applies to ssh resources"), "{t}");
 

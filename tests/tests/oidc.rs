@@ -543,27 +543,27 @@ fn cordon_login_browser_flow_with_pkce() {
     assert_eq!(v["is_admin"], json!(true));
 }
 
-#[test]
-fn cordon_login_refuses_plain_http_off_loopback() {
-    // No daemon and no provider needed: the issuer is refused before any
-    // connection is made.
+/// `cordon login --issuer ISSUER --client-id x` with no config file: it
+/// must fail before any connection is made; its stderr.
+fn login_refused(issuer: &str) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = run_with_limit(
         Command::new(cordon_bin())
             .arg("--config")
             .arg(dir.path().join("absent.toml"))
-            .args([
-                "login",
-                "--issuer",
-                "http://idp.example.com",
-                "--client-id",
-                "x",
-            ])
+            .args(["login", "--issuer", issuer, "--client-id", "x"])
             .env("XDG_CACHE_HOME", dir.path()),
         PROBE_TIME_LIMIT,
     );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "login with {issuer} must fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn cordon_login_refuses_plain_http_off_loopback() {
+    // No daemon and no provider needed: the issuer is refused before any
+    // connection is made.
+    let err = login_refused("http://idp.example.com");
     assert!(err.contains("only https"), "{err}");
 }
 
@@ -571,23 +571,7 @@ fn cordon_login_refuses_plain_http_off_loopback() {
 fn cordon_login_refuses_plain_http_on_loopback_without_the_opt_in() {
     // A local process can squat a loopback port the provider is not
     // holding and serve its own keys: plain http there is opt-in.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = run_with_limit(
-        Command::new(cordon_bin())
-            .arg("--config")
-            .arg(dir.path().join("absent.toml"))
-            .args([
-                "login",
-                "--issuer",
-                "http://127.0.0.1:9",
-                "--client-id",
-                "x",
-            ])
-            .env("XDG_CACHE_HOME", dir.path()),
-        PROBE_TIME_LIMIT,
-    );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = login_refused("http://127.0.0.1:9");
     assert!(err.contains("allow_http_loopback"), "{err}");
 }
 

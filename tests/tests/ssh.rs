@@ -334,29 +334,13 @@ fn sftp_and_scp_read_only() {
     require_root!();
     let (server, d, a) = start("ssh-readonly");
     // A file the agent may read (ssh-readonly allows /tmp/**) and one it may not.
-    let dir = tempfile::Builder::new()
-        .prefix("cordon-sftp-")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
-    fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .expect("chmod");
+    let dir = shared_tmpdir("cordon-sftp-");
     let readable = dir.path().join("report.txt");
     fs::write(&readable, "quarterly numbers\n").expect("write");
-    fs::set_permissions(
-        &readable,
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .expect("chmod");
+    chmod(&readable, 0o644);
     let out_dir = d.setup.dir.path().join("downloads");
     fs::create_dir(&out_dir).expect("mkdir");
-    fs::set_permissions(
-        &out_dir,
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .expect("chmod");
+    chmod(&out_dir, 0o777);
 
     // sftp download: allowed.
     let batch = out_dir.join("batch");
@@ -460,19 +444,10 @@ fn sftp_writes_of_shell_startup_files_are_refused() {
     // ssh-ops lets the agent write under /tmp and /srv; a startup file there
     // would still run code at the next login of whoever's home it is.
     let (server, d, a) = start("ssh-ops");
-    let dir = tempfile::Builder::new()
-        .prefix("cordon-startup-")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
-    fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .expect("chmod");
+    let dir = shared_tmpdir("cordon-startup-");
     let local = d.setup.dir.path().join("payload.sh");
     fs::write(&local, "touch /tmp/cordon-pwned\n").expect("payload");
-    fs::set_permissions(&local, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .expect("chmod");
+    chmod(&local, 0o644);
     let batch = d.setup.dir.path().join("batch");
     let run = |cmds: &str| {
         fs::write(&batch, cmds).expect("batch");
@@ -514,14 +489,9 @@ fn sftp_writes_of_shell_startup_files_are_refused() {
     fs::create_dir_all(tree.join("conf")).expect("mkdir");
     fs::write(tree.join("conf/app.toml"), "x = 1\n").expect("write");
     for p in [tree.clone(), tree.join("conf")] {
-        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .expect("chmod");
+        chmod(&p, 0o755);
     }
-    fs::set_permissions(
-        tree.join("conf/app.toml"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .expect("chmod");
+    chmod(&tree.join("conf/app.toml"), 0o644);
     let target = format!("host:{}/", dir.path().display());
     let out = agent_scp(&d, &a, &["-O", "-r", &tree.display().to_string(), &target]);
     assert!(
@@ -541,11 +511,7 @@ fn sftp_writes_of_shell_startup_files_are_refused() {
         text(&out)
     );
     fs::write(tree.join(".profile"), "id\n").expect("write");
-    fs::set_permissions(
-        tree.join(".profile"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .expect("chmod");
+    chmod(&tree.join(".profile"), 0o644);
     let out = agent_scp(
         &d,
         &a,
@@ -561,6 +527,19 @@ fn sftp_writes_of_shell_startup_files_are_refused() {
         "scp -O -r with a .profile: {}",
         text(&out)
     );
+    // Through a terminal the host rewrites the stream: such an upload is
+    // refused outright (an ordinary `scp -t` without one was allowed above).
+    let out = agent_ssh_run(
+        &d,
+        &a,
+        &["-tt", "host", &format!("scp -t {}/", dir.path().display())],
+    );
+    assert!(!out.status.success(), "scp -t with a pty: {}", text(&out));
+    assert!(
+        text(&out).contains("builtin/scp-terminal"),
+        "the agent is told why: {}",
+        text(&out)
+    );
     for name in [".bashrc", "tree/.profile", "second/.profile"] {
         assert!(
             fs::symlink_metadata(dir.path().join(name)).is_err(),
@@ -568,6 +547,22 @@ fn sftp_writes_of_shell_startup_files_are_refused() {
         );
     }
     drop(server);
+}
+
+fn chmod(path: &Path, mode: u32) {
+    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
+
+/// A directory under /tmp (which the shipped policies' paths cover) that
+/// the agent, running as nobody, may write to.
+fn shared_tmpdir(prefix: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    chmod(dir.path(), 0o777);
+    dir
 }
 
 fn agent_sftp(d: &Daemon, a: &AgentSsh, batch: &Path) -> Output {
@@ -793,11 +788,7 @@ fn agent_forwarding_is_refused_and_recorded() {
         .prefix("cordon-agent-")
         .tempdir()
         .expect("tempdir");
-    fs::set_permissions(
-        sock_dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .expect("chmod");
+    chmod(sock_dir.path(), 0o777);
     let sock = sock_dir.path().join("agent.sock");
     // The agent's own ssh-agent (as nobody, outside the cgroup), allowed by the unix list.
     let mut agent = Command::new("setpriv")
@@ -1117,11 +1108,7 @@ fn a_denied_command_leaves_the_connection_usable_for_other_channels() {
         .prefix("cordon-mux-")
         .tempdir()
         .expect("tempdir");
-    fs::set_permissions(
-        mux_dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .expect("chmod");
+    chmod(mux_dir.path(), 0o777);
     let control = mux_dir.path().join("master.sock");
     let setup = ssh_setup(&server, "ssh-readonly", Some(&server.host_key), "")
         .unix_allow(&control.display().to_string());

@@ -146,12 +146,8 @@ pub struct StaticGrantView {
     pub resource: String,
     pub expires: String,
     pub state: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub database: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub login: Option<String>,
+    #[serde(flatten)]
+    pub pins: crate::grants::Pins,
 }
 
 /// A just-in-time grant with the sessions it has open.
@@ -899,9 +895,7 @@ impl Approvals {
                 resource: g.resource.clone(),
                 expires: crate::rfc3339(g.expires),
                 state: if g.expires > now { "active" } else { "expired" }.into(),
-                role: g.role.clone(),
-                database: g.database.clone(),
-                login: g.login.clone(),
+                pins: crate::grants::Pins::of(g),
             })
             .collect();
         let jit = self

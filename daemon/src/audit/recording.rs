@@ -255,18 +255,7 @@ fn decode_with(
     let offset = u64::from_be_bytes(value.get(14..22)?.try_into().ok()?);
     let len = u32::from_be_bytes(value.get(22..26)?.try_into().ok()?);
     let data = reader.read(dir?, session, offset, len)?;
-    let kind = match tag {
-        0 => EventKind::Input { data },
-        1 => EventKind::Output { data },
-        2 => EventKind::Stderr { data },
-        _ => return None,
-    };
-    Some(Event {
-        seq,
-        t_us,
-        channel,
-        kind,
-    })
+    data_event(seq, tag, t_us, channel, data)
 }
 
 /// An event from its key and stored value; None if either is malformed.
@@ -281,6 +270,12 @@ fn decode(key: &[u8], value: &[u8]) -> Option<Event> {
     let t_us = u64::from_be_bytes(value.get(2..10)?.try_into().ok()?);
     let channel = u32::from_be_bytes(value.get(10..14)?.try_into().ok()?);
     let data = value.get(DATA_HEADER..)?.to_vec();
+    data_event(seq, tag, t_us, channel, data)
+}
+
+/// A byte event (input, output, stderr) from its stored tag; None for an
+/// unknown tag.
+fn data_event(seq: u64, tag: u8, t_us: u64, channel: u32, data: Vec<u8>) -> Option<Event> {
     let kind = match tag {
         0 => EventKind::Input { data },
         1 => EventKind::Output { data },

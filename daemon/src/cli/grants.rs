@@ -27,27 +27,13 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
         "ID", "STATE", "AGENT", "RESOURCE", "ACTIONS", "EXPIRES", "SESSIONS", "REQUESTED BY"
     );
     for g in &l.fixed {
-        let mut pins = Vec::new();
-        for (k, v) in [
-            ("role", &g.role),
-            ("database", &g.database),
-            ("login", &g.login),
-        ] {
-            if let Some(v) = v {
-                pins.push(format!("{k}={}", escape(v)));
-            }
-        }
         println!(
             "{:<17}  {:<8} {:<12} {:<12} {:<17} {:<22} {:>8}  {:<28}  -",
             "static",
             g.state,
             escape(&g.agent),
             escape(&g.resource),
-            if pins.is_empty() {
-                "-".to_owned()
-            } else {
-                pins.join(",")
-            },
+            pins_text(&g.pins).unwrap_or_else(|| "-".to_owned()),
             escape(&g.expires),
             "-",
             "(config)",
@@ -120,35 +106,26 @@ pub fn revoke(config: &Path, id: &str, reason: &str, json: bool) -> anyhow::Resu
 
 /// `read,admin` then the grant's pins (`role=x,database=y`), for listings.
 pub fn with_pins(actions: &[crate::grants::GrantAction], pins: &crate::grants::Pins) -> String {
-    let mut out: Vec<String> = vec![actions
-        .iter()
-        .map(|a| a.as_str())
-        .collect::<Vec<_>>()
-        .join(",")];
+    let actions: Vec<&str> = actions.iter().map(|a| a.as_str()).collect();
+    match pins_text(pins) {
+        Some(p) => format!("{} {p}", actions.join(",")),
+        None => actions.join(","),
+    }
+}
+
+/// `role=x,database=y` (odd values quoted, see [`crate::grants::Pins::shown`]),
+/// or None when nothing is pinned.
+fn pins_text(pins: &crate::grants::Pins) -> Option<String> {
     let pinned: Vec<String> = [
         ("role", &pins.role),
         ("database", &pins.database),
         ("login", &pins.login),
     ]
     .into_iter()
-    .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", quoted(v))))
+    .filter_map(|(k, v)| {
+        v.as_deref()
+            .map(|v| format!("{k}={}", escape(&crate::grants::Pins::shown(v))))
+    })
     .collect();
-    if !pinned.is_empty() {
-        out.push(pinned.join(","));
-    }
-    out.join(" ")
-}
-
-/// `v` as is when it is a plain name, else in double quotes with `"` and `\`
-/// escaped (and control characters escaped): a role named
-/// `x,database=orders` must not read as two pins.
-fn quoted(v: &str) -> String {
-    let plain = !v.is_empty()
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'));
-    if plain {
-        v.to_owned()
-    } else {
-        format!("{:?}", v)
-    }
+    (!pinned.is_empty()).then(|| pinned.join(","))
 }

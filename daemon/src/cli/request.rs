@@ -12,7 +12,7 @@ use super::sessions::escape;
 use crate::{
     config::approval::format_duration,
     control::Request,
-    grants::{jit::JitGrant, GrantAction, Pins},
+    grants::jit::{JitGrant, NewRequest},
 };
 
 /// clap value parser for `--ttl`.
@@ -20,17 +20,8 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     crate::config::approval::parse_duration(text)
 }
 
-/// What `cordon request` asks for.
-pub struct Ask {
-    pub agent: String,
-    pub resource: String,
-    pub actions: Vec<GrantAction>,
-    pub pins: Pins,
-    pub ttl: Duration,
-    pub reason: String,
-}
-
-pub fn run(config: &Path, ask: Ask, json: bool) -> anyhow::Result<()> {
+/// `ask.requested_by` is not sent: the daemon names the requester.
+pub fn run(config: &Path, ask: NewRequest, json: bool) -> anyhow::Result<()> {
     let id_token = super::approvals::login_token(config)?;
     let data = super::call(
         config,

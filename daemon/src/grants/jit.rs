@@ -654,16 +654,19 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    fn config() -> Config {
+    /// A config with agent `bot` and these resources and grants.
+    fn with(body: &str) -> Config {
         let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
         let text = format!(
+            "[daemon]\nstate_dir = \"/s\"\ncontrol_socket = \"/c\"\npolicy_dir = \"{policies}\"\n\
+             [[agent]]\nname = \"bot\"\n{body}"
+        );
+        Config::parse(Path::new("t.toml"), &text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn config() -> Config {
+        with(
             r#"
-[daemon]
-state_dir = "/s"
-control_socket = "/c"
-policy_dir = "{policies}"
-[[agent]]
-name = "bot"
 [[resource]]
 name = "db"
 protocol = "postgres"
@@ -673,14 +676,13 @@ policy = "pg-readonly"
 approvers = ["dba"]
 approvals_required = 2
 max_ttl = "1h"
-actions = {{ read = "pg-readonly", admin = "pg-dba" }}
+actions = { read = "pg-readonly", admin = "pg-dba" }
 [[resource]]
 name = "box"
 protocol = "tcp"
 address = "10.0.0.6:22"
-"#
-        );
-        Config::parse(Path::new("t.toml"), &text).unwrap()
+"#,
+        )
     }
 
     fn req(resource: &str, actions: &[GrantAction], ttl: u64) -> NewRequest {
@@ -746,15 +748,8 @@ address = "10.0.0.6:22"
     #[test]
     fn pins_are_named_or_inherited_and_never_widen() {
         let with_grants = |grants: &str| {
-            let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
-            let text = format!(
+            with(&format!(
                 r#"
-[daemon]
-state_dir = "/s"
-control_socket = "/c"
-policy_dir = "{policies}"
-[[agent]]
-name = "bot"
 [[resource]]
 name = "db"
 protocol = "postgres"
@@ -769,8 +764,7 @@ credential = "k"
 policy = "ssh-readonly"
 host_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"]
 {grants}"#
-            );
-            Config::parse(Path::new("t.toml"), &text).unwrap_or_else(|e| panic!("{e}"))
+            ))
         };
         let pinned = |role: Option<&str>, database: Option<&str>, login: Option<&str>| Pins {
             role: role.map(str::to_owned),

@@ -84,21 +84,23 @@ impl Pins {
         }
     }
 
+    /// `v` as is when it is a plain name, else quoted with escapes: a role
+    /// named `x,database=orders` must not read as two pins.
+    pub fn shown(v: &str) -> String {
+        let plain = !v.is_empty()
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'));
+        if plain {
+            v.to_owned()
+        } else {
+            format!("{v:?}")
+        }
+    }
+
     /// `role X / database any`, `login deploy`, or `any` (for people; a
     /// value that is not a plain name is quoted).
     pub fn describe(&self) -> String {
-        let any = |v: &Option<String>| match v.as_deref() {
-            None => "any".to_owned(),
-            Some(s)
-                if !s.is_empty()
-                    && s.chars().all(|c| {
-                        c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$')
-                    }) =>
-            {
-                s.to_owned()
-            }
-            Some(s) => format!("{s:?}"),
-        };
+        let any = |v: &Option<String>| v.as_deref().map_or_else(|| "any".to_owned(), Pins::shown);
         match (&self.role, &self.database, &self.login) {
             (None, None, None) => "any role, database or login".into(),
             (_, _, Some(_)) if self.role.is_none() && self.database.is_none() => {

@@ -251,6 +251,20 @@ async fn from_agent(sh: Arc<Shared>, mut rx: ChannelReadHalf, up: ChannelWriteHa
                         },
                     };
                     let text = String::from_utf8_lossy(&command).into_owned();
+                    let scp_target = SshPolicy::scp_upload_target(&text);
+                    let d = if d.action != Action::Deny && pty && scp_target.is_some() {
+                        // Through a terminal the host's line discipline rewrites the
+                        // stream, so the names the scp inspector reads are not the ones
+                        // the host's scp would.
+                        SshDecision {
+                            action: Action::Deny,
+                            rule: "builtin/scp-terminal".into(),
+                            reason: "a legacy scp upload with a terminal cannot be inspected"
+                                .into(),
+                        }
+                    } else {
+                        d
+                    };
                     record_decision(&sh, "exec", &text, &d);
                     let d = held(&sh, "exec", &text, d).await;
                     if d.action == Action::Allow {
@@ -261,7 +275,7 @@ async fn from_agent(sh: Arc<Shared>, mut rx: ChannelReadHalf, up: ChannelWriteHa
                             // like lines typed in a shell.
                             mode = if pty {
                                 Mode::Typed(LineWatch::default())
-                            } else if let Some(target) = SshPolicy::scp_upload_target(&text) {
+                            } else if let Some(target) = scp_target {
                                 // Legacy scp upload: the client names the files in the
                                 // stream; each name is checked before the host sees it.
                                 Mode::ScpSink(scp::Sink::new(target))
@@ -329,21 +343,11 @@ async fn agent_data(
             true
         }
         Mode::Plain => {
-            sh.conn.recorder.event(
-                sh.rec,
-                EventKind::Input {
-                    data: data.to_vec(),
-                },
-            );
+            record_input(sh, &data);
             up.data_bytes(data).await.is_ok()
         }
         Mode::Lines(partial) => {
-            sh.conn.recorder.event(
-                sh.rec,
-                EventKind::Input {
-                    data: data.to_vec(),
-                },
-            );
+            record_input(sh, &data);
             let mut pass = Vec::with_capacity(data.len());
             for &b in data.iter() {
                 partial.push(b);
@@ -368,12 +372,7 @@ async fn agent_data(
             pass.is_empty() || up.data_bytes(pass).await.is_ok()
         }
         Mode::Typed(watch) => {
-            sh.conn.recorder.event(
-                sh.rec,
-                EventKind::Input {
-                    data: data.to_vec(),
-                },
-            );
+            record_input(sh, &data);
             let mut pass = Vec::with_capacity(data.len());
             for &b in data.iter() {
                 match watch.push(b) {
@@ -419,12 +418,7 @@ async fn agent_data(
             up.data_bytes(pass).await.is_ok()
         }
         Mode::ScpSink(sink) => {
-            sh.conn.recorder.event(
-                sh.rec,
-                EventKind::Input {
-                    data: data.to_vec(),
-                },
-            );
+            record_input(sh, &data);
             let check = |path: &str| -> Result<(), String> {
                 let d = policy.decide_file(FileAccess::Write, path);
                 match d.action {
@@ -718,6 +712,16 @@ async fn stdin_line(sh: &Shared, policy: &SshPolicy, line: Vec<u8>) -> Option<Ve
 }
 
 /// A line of Cordon's on the channel's stderr, recorded as what the agent saw.
+/// The agent's bytes as the recording keeps them.
+fn record_input(sh: &Shared, data: &[u8]) {
+    sh.conn.recorder.event(
+        sh.rec,
+        EventKind::Input {
+            data: data.to_vec(),
+        },
+    );
+}
+
 /// Ends a channel Cordon stopped mid-stream: the host's side is closed, the
 /// agent reads `text` on stderr, exit status [`DENIED_STATUS`], EOF and close
 /// (without them its client would wait on a channel nobody serves).
@@ -816,28 +820,8 @@ fn denial_text(d: &SshDecision, what: &str) -> String {
 /// gets a non-zero exit status and the channel closes.
 async fn refuse(sh: &Shared, up: &ChannelWriteHalf<client::Msg>, d: &SshDecision, what: &str) {
     info!(rule = %d.rule, reason = %d.reason, "ssh: request denied");
-    let _ = up.close().await;
     let _ = sh.handle.channel_success(sh.agent_id).await;
-    let line = format!("{}\r\n", denial_text(d, what));
-    sh.conn.recorder.event(
-        sh.rec,
-        EventKind::Stderr {
-            data: line.clone().into_bytes(),
-        },
-    );
-    let _ = sh.agent_tx.extended_data_bytes(1, line.into_bytes()).await;
-    let _ = sh
-        .handle
-        .exit_status_request(sh.agent_id, DENIED_STATUS)
-        .await;
-    sh.conn.recorder.event(
-        sh.rec,
-        EventKind::Exit {
-            status: DENIED_STATUS,
-        },
-    );
-    let _ = sh.agent_tx.eof().await;
-    let _ = sh.agent_tx.close().await;
+    end_channel(sh, up, &format!("{}\r", denial_text(d, what))).await;
 }
 
 fn verdict(a: Action) -> &'static str {
