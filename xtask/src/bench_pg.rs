@@ -149,9 +149,15 @@ pub fn run() -> Result<()> {
             None
         }
     };
+    // CORDON_BENCH_PATHS (e.g. `cordon`) keeps only the named paths besides
+    // direct, which every ratio needs (profiling one path).
+    let wanted = std::env::var("CORDON_BENCH_PATHS").unwrap_or_default();
     let paths: Vec<Route> = [Route::Direct, Route::Cordon, Route::Relay]
         .into_iter()
         .chain(bouncer.as_ref().map(|_| Route::Bouncer))
+        .filter(|r| {
+            *r == Route::Direct || wanted.is_empty() || wanted.split(',').any(|w| w == r.label())
+        })
         .collect();
 
     let ctx = Ctx {

@@ -16,6 +16,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet, VecDeque},
+    hash::BuildHasher as _,
     sync::Arc,
     time::Instant,
 };
@@ -46,6 +47,11 @@ const DECISION_CACHE: usize = 256;
 
 /// Longer texts are decided every time, not remembered.
 const MAX_CACHED_TEXT: usize = 2048;
+
+/// Texts seen once, remembered by hash only: a text is cached the second
+/// time it is seen, so statements with a fresh literal each time (pgbench's
+/// simple protocol) do not churn the cache with copies nobody reads again.
+const SEEN_ONCE: usize = 4096;
 
 pub struct Setup {
     pub gw: Arc<Gateway>,
@@ -180,6 +186,7 @@ pub struct Session {
     /// RowDescription will precede the rows, no need to ask for it.
     described: Option<String>,
     decisions: HashMap<Box<str>, Arc<Decision>>,
+    seen_once: HashSet<u64>,
     plan: Option<Arc<Plan>>,
     /// The last RowDescription and its plan: the same query shape answers
     /// with the same bytes, so the plan is built once, not per statement.
@@ -242,6 +249,7 @@ impl Session {
             portals: HashMap::new(),
             described: None,
             decisions: HashMap::new(),
+            seen_once: HashSet::new(),
             plan: None,
             last_plan: None,
             copy: None,
@@ -272,6 +280,15 @@ impl Session {
                 .flush(&mut agent, &mut upstream, &mut bytes_up, &mut bytes_down)
                 .await;
         }
+        // Built once: a timer armed per loop turn cost a timer-wheel insert
+        // and removal (and a clone of the grant's name) per message batch.
+        let ended = async {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => Stop::GrantEnded("the grant for this session expired".into()),
+                why = cutoff.fired() => Stop::GrantEnded(why),
+            }
+        };
+        tokio::pin!(ended);
         let stop = match early {
             Err(stop) => stop,
             Ok(()) => loop {
@@ -294,8 +311,7 @@ impl Session {
                         }
                         Err(e) => break Stop::Upstream(e.to_string()),
                     },
-                    () = tokio::time::sleep_until(deadline) => break Stop::GrantEnded("the grant for this session expired".into()),
-                    why = cutoff.fired() => break Stop::GrantEnded(why),
+                    stop = &mut ended => break stop,
                 }
                 if let Err(stop) = self
                     .flush(&mut agent, &mut upstream, &mut bytes_up, &mut bytes_down)
@@ -656,6 +672,15 @@ impl Session {
         if sql.len() > MAX_CACHED_TEXT {
             return d;
         }
+        // Admission only: a hash collision caches a text one sighting early.
+        let hash = self.decisions.hasher().hash_one(sql);
+        if self.seen_once.len() >= SEEN_ONCE {
+            self.seen_once.clear();
+        }
+        if self.seen_once.insert(hash) {
+            return d;
+        }
+        self.seen_once.remove(&hash);
         if self.decisions.len() >= DECISION_CACHE {
             self.decisions.clear();
         }
