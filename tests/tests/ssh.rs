@@ -29,9 +29,20 @@ fn policies_dir() -> String {
 /// server's host key pinned unless `pin` is false, and a grant for `bot` pinned to the test
 /// login.
 fn ssh_setup(server: &SshServer, policy: &str, pin: Option<&str>, more: &str) -> Setup {
+    ssh_setup_in(&policies_dir(), server, policy, pin, more)
+}
+
+/// [`ssh_setup`] with policies from `policy_dir`.
+fn ssh_setup_in(
+    policy_dir: &str,
+    server: &SshServer,
+    policy: &str,
+    pin: Option<&str>,
+    more: &str,
+) -> Setup {
     let mut s = Setup::new()
         .agent("bot")
-        .daemon_key(&format!("policy_dir = \"{}\"", policies_dir()));
+        .daemon_key(&format!("policy_dir = \"{policy_dir}\""));
     let pin = pin
         .map(|k| format!("host_keys = [\"{k}\"]\n"))
         .unwrap_or_default();
@@ -547,6 +558,77 @@ fn sftp_writes_of_shell_startup_files_are_refused() {
         );
     }
     drop(server);
+}
+
+#[test]
+fn allowed_file_writing_commands_cannot_plant_startup_files() {
+    require_root!();
+    // A policy that allows copying and tee anywhere: the built-in startup-file
+    // check still reads where they write.
+    let server = SshServer::start().expect("sshd");
+    let policies = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        policies.path().join("writers.toml"),
+        "[policy]\nname = \"writers\"\nprotocol = \"ssh\"\ndefault = \"deny\"\n\n\
+         [[rule]]\nname = \"files\"\naction = \"allow\"\ncommands = [\"cp *\", \"tee *\", \"cat *\"]\n",
+    )
+    .expect("policy");
+    let d = Daemon::start(ssh_setup_in(
+        &policies.path().display().to_string(),
+        &server,
+        "writers",
+        Some(&server.host_key),
+        "",
+    ));
+    d.vault_set("host-key", "ssh-key", &server.client_key());
+    let a = agent_ssh(&d);
+    let dir = shared_tmpdir("cordon-writers-");
+    let payload = dir.path().join("payload.sh");
+    fs::write(&payload, "touch /tmp/cordon-pwned\n").expect("payload");
+    chmod(&payload, 0o644);
+    let p = payload.display().to_string();
+
+    // An ordinary copy works.
+    let copy = dir.path().join("copy.sh");
+    let out = agent_ssh_run(&d, &a, &["host", &format!("cp {p} {}", copy.display())]);
+    assert!(
+        out.status.success() && copy.exists(),
+        "cp: {}\n{}",
+        text(&out),
+        d.context()
+    );
+
+    let bashrc = server.home.join(".bashrc");
+    let keys = server.home.join(".ssh/authorized_keys");
+    let before = (fs::read(&bashrc).ok(), fs::read(&keys).ok());
+    for cmd in [
+        format!("cp {p} ~/.bashrc"),
+        format!("cp {p} {}", bashrc.display()),
+        format!("cp -t ~ {}", dir.path().join(".bashrc").display()),
+        format!("cat {p} | tee -a .ssh/authorized_keys"),
+        format!("cp {p} .gitconfig"),
+    ] {
+        let out = agent_ssh_run(&d, &a, &["host", &cmd]);
+        assert!(!out.status.success(), "{cmd}: {}", text(&out));
+        assert!(
+            text(&out).contains("builtin/startup-file") || text(&out).contains("startup"),
+            "{cmd}: the agent is told why: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(
+        (fs::read(&bashrc).ok(), fs::read(&keys).ok()),
+        before,
+        "a startup file changed on the host"
+    );
+    assert!(
+        !server.home.join(".gitconfig").exists(),
+        ".gitconfig reached the host"
+    );
+    assert!(
+        !Path::new("/tmp/cordon-pwned").exists(),
+        "the payload ran on the host"
+    );
 }
 
 fn chmod(path: &Path, mode: u32) {

@@ -50,7 +50,7 @@ pub fn run(config: &Path, agent: &str, command: &[OsString]) -> anyhow::Result<(
     if let Ok(cache) = super::login::cache_path() {
         if cache.exists() {
             eprintln!(
-                "cordon: warning: the agent runs as uid {} and can read the Cordon login cached at {}                  (ID and refresh tokens); run agents under a dedicated user, not the one you log in as",
+                "cordon: warning: the agent runs as uid {} and can read the Cordon login cached at {} (ID and refresh tokens); run agents under a dedicated user, not the one you log in as",
                 nix_uid(),
                 cache.display()
             );

@@ -57,11 +57,17 @@
 //! `..`, `//`) before matching; relative paths are denied when `paths` is set. Symlinks on
 //! the server are not resolved: a symlink inside an allowed tree reaches its target. Last, a
 //! write that would run code at the next login is a built-in denial (`builtin/startup-file`,
-//! see [`startup_write`]): shell startup files, `.ssh`, system shell and sshd configuration.
+//! see [`startup_write`]): shell startup files, `.ssh`, system shell and sshd configuration,
+//! and files that make a program run commands they name (`.gitconfig`, a repository's
+//! `.git/config` and hooks, `.vimrc`, `.psqlrc`, `.forward`, …). The same check covers the
+//! write targets of common file-writing commands ([`writes`]: `cp`, `mv`, `install`, `ln`,
+//! `tee`, `dd of=`, `sed -i`, `tar`/`unzip`/`cpio` extraction, `curl -o/-O`, `wget`), so an
+//! allowed `cp *` cannot plant `~/.bashrc` either.
 
 mod shell;
 #[cfg(test)]
 mod tests;
+mod writes;
 
 use std::path::Path;
 
@@ -251,8 +257,15 @@ impl SshPolicy {
         }
         let total = parts.len();
         let mut worst: Option<(usize, Verdict)> = None;
+        // After a `cd` anywhere in the text, relative write targets are not known to start
+        // at the home directory (parts are in reading order, but `$(…)` runs first).
+        let cwd_home = !parts.iter().any(|p| {
+            p.words
+                .first()
+                .is_some_and(|w| w.dynamic || writes::CWD_CHANGERS.contains(&basename(&w.text)))
+        });
         for (i, part) in parts.iter().enumerate() {
-            let v = self.judge(part);
+            let v = self.judge(part, cwd_home);
             if worst
                 .as_ref()
                 .is_none_or(|(_, w)| severity(v.action) > severity(w.action))
@@ -347,7 +360,8 @@ impl SshPolicy {
     }
 
     /// One simple command.
-    fn judge(&self, cmd: &shell::Command) -> Verdict {
+    /// `cwd_home`: relative paths start at the login's home directory (no `cd` before).
+    fn judge(&self, cmd: &shell::Command, cwd_home: bool) -> Verdict {
         let Some(name) = cmd.words.first() else {
             return builtin("internal", "an empty command".into());
         };
@@ -381,6 +395,9 @@ impl SshPolicy {
         }
         if let Some(why) = name_eval(base, cmd) {
             return builtin("shell-eval", why);
+        }
+        if let Some(why) = writes::refused(base, cmd.words.get(1..).unwrap_or_default(), cwd_home) {
+            return builtin("startup-file", why);
         }
         if name.text == "scp" {
             match scp_server(cmd) {
@@ -647,9 +664,36 @@ const STARTUP_NAMES: &[&str] = &[
     ".shrc",
 ];
 
+/// Base names of files that make a program run commands they name, when
+/// that program next starts (`git`'s `core.fsmonitor` and aliases, vim's
+/// `:!`, psql's `\\!`, tmux's `run-shell`, `.forward` pipes, curl and wget
+/// output settings): a command the policy allows would run code it never saw.
+const TOOL_CODE_NAMES: &[&str] = &[
+    ".gitconfig",
+    ".vimrc",
+    ".gvimrc",
+    ".exrc",
+    ".gdbinit",
+    ".psqlrc",
+    ".curlrc",
+    ".wgetrc",
+    ".npmrc",
+    ".tmux.conf",
+    ".screenrc",
+    ".lessfilter",
+    ".mailcap",
+    ".Rprofile",
+    ".pythonrc.py",
+    ".forward",
+    ".rhosts",
+    ".shosts",
+    ".k5login",
+];
+
 /// Directories under `.config` that a login starts or reads (systemd user
-/// units, environment.d, fish).
-const STARTUP_CONFIG_DIRS: &[&str] = &["systemd", "environment.d", "fish"];
+/// units, environment.d, fish), or that configure programs to run commands
+/// (git, neovim).
+const STARTUP_CONFIG_DIRS: &[&str] = &["systemd", "environment.d", "fish", "git", "nvim"];
 
 /// System files and directories every login reads, runs or obeys (shell
 /// init, sshd, PAM, motd scripts, the dynamic loader), by normalized path or
@@ -708,10 +752,27 @@ fn startup_write(path: &str, scope: Scope) -> Option<String> {
             "`{name}` is a shell startup file: it would run at the next login, outside the command policy"
         ));
     }
+    if let Some(name) = parts.last().filter(|n| TOOL_CODE_NAMES.contains(n)) {
+        return Some(format!(
+            "`{name}` makes a program run the commands it names: an allowed command would run code \
+             outside the command policy"
+        ));
+    }
+    // A repository's config and hooks: any `git` command there runs what they say.
+    if let Some(i) = parts.iter().position(|p| *p == ".git") {
+        let rest = parts.get(i + 1..).unwrap_or_default();
+        if rest.is_empty() || rest.iter().any(|p| matches!(*p, "config" | "hooks")) {
+            return Some(
+                "a repository's `.git` config and hooks make every `git` command there run what \
+                 they name"
+                    .into(),
+            );
+        }
+    }
     if parts.windows(2).any(|w| {
         w.first() == Some(&".config") && w.get(1).is_some_and(|d| STARTUP_CONFIG_DIRS.contains(d))
     }) {
-        return Some("a login starts or reads what is in this `.config` directory".into());
+        return Some("a login (or a program an allowed command starts) reads and runs what is in this `.config` directory".into());
     }
     let system = STARTUP_PATHS.iter().any(|p| match p.strip_suffix('/') {
         Some(dir) => norm == dir || norm.starts_with(p),

@@ -864,6 +864,15 @@ fn writes_that_would_run_code_at_the_next_login_are_denied_even_when_allowed() {
         ("/etc/pam.d/sshd", Deny),
         ("/home/deploy/.config/systemd/user/x.service", Deny),
         ("/home/deploy/.config/app.toml", Allow),
+        ("/home/deploy/.gitconfig", Deny),
+        ("/srv/app/.git/config", Deny),
+        ("/srv/app/.git/hooks/post-checkout", Deny),
+        ("/srv/app/.git", Deny),
+        ("/srv/app/.git/objects/ab/cdef", Allow),
+        ("/home/deploy/.config/nvim/init.lua", Deny),
+        ("/home/deploy/.vimrc", Deny),
+        ("/var/mail/.forward", Deny),
+        ("/srv/app/vimrc.txt", Allow),
         // Other names for the same files, and their directories (as a path,
         // a rename or a symlink target).
         ("/proc/self/root/etc/profile.d/x.sh", Deny),
@@ -1409,4 +1418,133 @@ fn decisions_are_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<SshPolicy>();
     check::<SshDecision>();
+}
+
+/// Allowed file-writing commands cannot plant startup files: their write targets go through
+/// the sftp write check, even under `default = "allow"`.
+#[test]
+fn file_writing_commands_cannot_write_startup_files() {
+    const S: &str = "builtin/startup-file";
+    let p = permissive();
+    run_table(
+        &p,
+        &[
+            // cp, mv, install, ln: the target, and each source's name inside it.
+            ("cp /tmp/x ~/.bashrc", Deny, S),
+            ("cp /tmp/x .bashrc", Deny, S),
+            ("cp /tmp/.bashrc ~", Deny, S),
+            ("cp /tmp/.bashrc /home/deploy/", Deny, S),
+            ("cp -t ~ /tmp/.profile", Deny, S),
+            ("cp /tmp/a -t/home/deploy/.ssh", Deny, S),
+            ("cp --target-directory=/home/deploy/.ssh /tmp/k", Deny, S),
+            ("cp --target /root /tmp/.zshrc", Deny, S),
+            ("cp /tmp/k /home/deploy/.ssh/authorized_keys", Deny, S),
+            ("cp /tmp/k /home/deploy/.ssh/authorized_keys -v", Deny, S),
+            ("cp -- /tmp/k -.ssh/../.bashrc", Deny, S),
+            ("cp -rT /tmp/payload /home/deploy/.config", Deny, S),
+            ("cp -r /tmp/payload/. /home/deploy", Deny, S),
+            ("cp -a /tmp/systemd ~/.config/", Deny, S),
+            ("cp /tmp/prof* /etc/", Deny, S),
+            ("cp /tmp/.b* ~/sub/", Deny, S),
+            ("cp /tmp/$(id -un) ~/x", Deny, S),
+            ("cp /tmp/x $(pwd)", Deny, S),
+            ("mv /tmp/x .ssh/authorized_keys", Deny, S),
+            ("mv ~/.bashrc /tmp/old", Deny, S),
+            ("install -m 0644 /tmp/x /etc/profile.d/x.sh", Deny, S),
+            ("install -d /home/deploy/.config/systemd/user", Deny, S),
+            ("ln -s /tmp/evil .bashrc", Deny, S),
+            ("ln -s /home/deploy/.bashrc /tmp/x", Deny, S),
+            ("ln -s /tmp/.profile", Deny, S),
+            // tee, dd, sed -i.
+            ("tee -a .ssh/authorized_keys", Deny, S),
+            ("tee /tmp/ok /home/deploy/.profile", Deny, S),
+            ("dd if=/tmp/x of=/home/deploy/.bashrc", Deny, S),
+            ("sed -i s/a/b/ ~/.bashrc", Deny, S),
+            ("sed -i.bak -e s/a/b/ .profile", Deny, S),
+            ("sed -ni s/a/b/p /tmp/x .zshenv", Deny, S),
+            ("sed --in-place s/a/b/ /etc/profile", Deny, S),
+            // Archives: into the home directory, names rewritten, or the archive file itself.
+            ("tar xf /tmp/a.tar", Deny, S),
+            ("tar -xzf /tmp/a.tgz", Deny, S),
+            ("tar --extract --file=/tmp/a.tar", Deny, S),
+            ("tar -C /home/deploy -xf /tmp/a.tar", Deny, S),
+            ("tar xfC /tmp/a.tar /home/deploy", Deny, S),
+            ("tar -xf /tmp/a.tar -C /srv/app --transform s/x/y/", Deny, S),
+            ("tar -xPf /tmp/a.tar -C /srv/app", Deny, S),
+            ("tar -xf /tmp/a.tar -C /srv/app --to-command=sh", Deny, S),
+            ("tar -xf /tmp/a.tar -C ~/.config", Deny, S),
+            ("tar cf ~/.bashrc /tmp/x", Deny, S),
+            ("unzip /tmp/a.zip", Deny, S),
+            ("unzip /tmp/a.zip -d ~", Deny, S),
+            ("unzip -: /tmp/a.zip -d /srv/app", Deny, S),
+            ("cpio -idv", Deny, S),
+            // Downloads.
+            ("curl -o ~/.bashrc http://x/y", Deny, S),
+            ("curl -sSo.profile http://x/y", Deny, S),
+            ("curl -O http://x/.bashrc", Deny, S),
+            ("curl -J -O http://x/y", Deny, S),
+            ("curl -K /tmp/opts http://x/y", Deny, S),
+            ("wget http://x/.profile", Deny, S),
+            ("wget -O .bashrc http://x/y", Deny, S),
+            ("wget -r http://x/", Deny, S),
+            // Files that make an allowed program run commands.
+            ("tee -a /home/deploy/.gitconfig", Deny, S),
+            ("cp /tmp/x /srv/app/.git/config", Deny, S),
+            ("cp /tmp/x /srv/app/.git/hooks/pre-commit", Deny, S),
+            ("cp -r /tmp/evil /srv/app/.git", Deny, S),
+            ("cp /tmp/x ~/.config/git/config", Deny, S),
+            ("cp /tmp/x .psqlrc", Deny, S),
+            ("tee .forward", Deny, S),
+            ("cp /tmp/x /srv/app/.git/objects/ab/cd", Allow, "t/default"),
+            // After a `cd`, relative targets are relative to somewhere only the server knows.
+            ("cd .ssh && cp /tmp/k authorized_keys", Deny, S),
+            ("cd /srv && tee x", Deny, S),
+            // Ordinary writes stay the policy's business.
+            ("cp /tmp/x /srv/app/", Allow, "t/default"),
+            ("cp /tmp/x ~", Allow, "t/default"),
+            ("cp /tmp/x .", Allow, "t/default"),
+            ("cp /var/log/*.log /tmp/backup/", Allow, "t/default"),
+            ("cp /var/log/*.log ~/logs/", Allow, "t/default"),
+            ("cp -r /tmp/payload /srv/app", Allow, "t/default"),
+            // A directory target would get a `.bashrc` (any directory may be an account's
+            // home); -T says the target is the file.
+            ("cp ~/.bashrc /tmp/bashrc.bak", Deny, S),
+            ("cp -T ~/.bashrc /tmp/bashrc.bak", Allow, "t/default"),
+            ("mv /tmp/a /tmp/b", Allow, "t/default"),
+            ("ln -s /srv/app/current /srv/app/live", Allow, "t/default"),
+            (
+                "install -m 0755 /tmp/tool /usr/local/bin/tool",
+                Allow,
+                "t/default",
+            ),
+            ("tee /tmp/out", Allow, "t/default"),
+            (
+                "dd if=/dev/zero of=/tmp/blob bs=1M count=1",
+                Allow,
+                "t/default",
+            ),
+            ("sed -n s/a/b/p ~/.bashrc", Allow, "t/default"),
+            ("sed -i s/a/b/ /srv/app/config.ini", Allow, "t/default"),
+            ("tar -xzf /tmp/a.tgz -C /srv/app", Allow, "t/default"),
+            (
+                "tar czf /tmp/backup.tgz -C /home/deploy app",
+                Allow,
+                "t/default",
+            ),
+            ("tar tf /tmp/a.tar", Allow, "t/default"),
+            ("unzip -l /tmp/a.zip", Allow, "t/default"),
+            ("unzip /tmp/a.zip -d /srv/app", Allow, "t/default"),
+            ("curl -fsS http://x/health", Allow, "t/default"),
+            ("curl -o /tmp/y http://x/y", Allow, "t/default"),
+            (
+                "curl -O --output-dir /tmp http://x/a.tgz",
+                Allow,
+                "t/default",
+            ),
+            ("wget -O /tmp/y http://x/y", Allow, "t/default"),
+            ("wget -P /tmp http://x/a.tgz", Allow, "t/default"),
+            ("cd /srv/app && ls", Allow, "t/default"),
+            ("cd /srv/app && cp /tmp/x /srv/app/y", Allow, "t/default"),
+        ],
+    );
 }
