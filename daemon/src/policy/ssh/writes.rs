@@ -105,7 +105,8 @@ impl Target {
         }
         let home_dir = norm == "." || norm.starts_with("..") || norm == "/" || {
             let parts: Vec<&str> = norm.split('/').filter(|p| !p.is_empty()).collect();
-            norm.starts_with('/') && (parts.len() <= 1 || (parts.len() == 2 && parts.first() == Some(&"home")))
+            norm.starts_with('/')
+                && (parts.len() <= 1 || (parts.len() == 2 && parts.first() == Some(&"home")))
         };
         // Home directories (and their parents) exist, so a copy into one lands under the
         // source's name, which its own target checks.
