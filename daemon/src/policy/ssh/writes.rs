@@ -25,6 +25,7 @@ pub(super) const CWD_CHANGERS: &[&str] = &["cd", "pushd", "popd"];
 pub(super) fn refused(base: &str, args: &[Word], cwd_home: bool) -> Option<String> {
     let targets = match base {
         "cp" | "mv" | "install" | "ln" => copy_targets(base, args),
+        "rsync" => rsync_targets(args),
         "tee" => operands(args, &[], &[]).map(|o| o.files),
         "dd" => Ok(args
             .iter()
@@ -261,8 +262,15 @@ impl Operands {
             .map(|(_, w)| w)
     }
 
+    /// Whether a flag among `names` was given; a long flag also by any prefix, as getopt
+    /// accepts unambiguous abbreviations (`--no-t` is `--no-target-directory`). Matching
+    /// every prefix is stricter than getopt, never looser.
     fn has(&self, names: &[&str]) -> bool {
-        self.flags.iter().any(|f| names.contains(&f.as_str()))
+        self.flags.iter().any(|f| {
+            names.iter().any(|n| {
+                n == f || (f.len() > 2 && f.starts_with("--") && n.starts_with(f.as_str()))
+            })
+        })
     }
 }
 
@@ -292,6 +300,8 @@ fn copy_targets(base: &str, args: &[Word]) -> Result<Vec<Target>, String> {
         return Ok(ops.files);
     }
     let recursive = base == "mv" || ops.has(&["r", "R", "a", "--recursive", "--archive"]);
+    // `cp --parents a/b/c DIR` writes DIR/a/b/c: the whole source path counts.
+    let parents = base == "cp" && ops.has(&["--parents"]);
     let no_target_dir = ops.has(&["T", "--no-target-directory"]);
     let explicit = ops.value(&["t", "target-directory"]).cloned();
     let mut files: Vec<Word> = ops.files.into_iter().map(|t| t.word).collect();
@@ -315,7 +325,18 @@ fn copy_targets(base: &str, args: &[Word]) -> Result<Vec<Target>, String> {
         wild_name: false,
     }];
     for src in &files {
-        if !no_target_dir {
+        if parents {
+            out.push(Target {
+                word: Word {
+                    text: format!("{}/{}", dir.text.trim_end_matches('/'), src.text),
+                    dynamic: dir.dynamic || src.dynamic,
+                    splits: false,
+                },
+                tree: recursive,
+                into: false,
+                wild_name: false,
+            });
+        } else if !no_target_dir {
             out.push(joined(&dir, src, recursive));
         }
         if base == "ln" || base == "mv" {
@@ -325,11 +346,109 @@ fn copy_targets(base: &str, args: &[Word]) -> Result<Vec<Target>, String> {
     Ok(out)
 }
 
+/// rsync: the destination (the last operand) is filled with names from the sources (a
+/// trailing `/` on a source puts its contents there directly), and log, batch, backup and
+/// temporary files go where their options say. A remote shell or remote rsync command is a
+/// command this check does not read.
+fn rsync_targets(args: &[Word]) -> Result<Vec<Target>, String> {
+    let ops = operands(
+        args,
+        &['e', 'f', 'T', 'B', 'M'],
+        &[
+            "rsh",
+            "rsync-path",
+            "remote-option",
+            "filter",
+            "exclude",
+            "include",
+            "exclude-from",
+            "include-from",
+            "files-from",
+            "temp-dir",
+            "partial-dir",
+            "backup-dir",
+            "suffix",
+            "log-file",
+            "log-file-format",
+            "chmod",
+            "chown",
+            "block-size",
+            "max-size",
+            "min-size",
+            "timeout",
+            "contimeout",
+            "port",
+            "password-file",
+            "compare-dest",
+            "copy-dest",
+            "link-dest",
+            "out-format",
+            "info",
+            "debug",
+            "bwlimit",
+            "iconv",
+            "usermap",
+            "groupmap",
+            "modify-window",
+            "max-delete",
+            "protocol",
+            "sockopts",
+            "outbuf",
+            "write-batch",
+            "read-batch",
+            "only-write-batch",
+            "checksum-choice",
+            "compress-choice",
+            "skip-compress",
+            "stop-after",
+            "stop-at",
+            "address",
+            "checksum-seed",
+            "compress-level",
+        ],
+    )?;
+    if ops
+        .value(&["e", "rsh", "rsync-path", "M", "remote-option"])
+        .is_some()
+    {
+        return Err("`rsync -e`/`--rsync-path` runs a command this check does not read".into());
+    }
+    let mut out: Vec<Target> = ops
+        .values
+        .iter()
+        .filter(|(n, _)| {
+            matches!(
+                n.as_str(),
+                "log-file"
+                    | "write-batch"
+                    | "only-write-batch"
+                    | "backup-dir"
+                    | "temp-dir"
+                    | "T"
+                    | "partial-dir"
+            )
+        })
+        .map(|(_, w)| Target::file(w.clone()))
+        .collect();
+    let mut files: Vec<Word> = ops.files.into_iter().map(|t| t.word).collect();
+    if files.len() >= 2 {
+        if let Some(dest) = files.pop() {
+            for src in &files {
+                out.push(joined(&dest, src, true));
+            }
+            out.push(Target::tree(dest));
+        }
+    }
+    Ok(out)
+}
+
 /// sed with `-i` / `--in-place`: every file operand is rewritten.
 fn sed_targets(args: &[Word]) -> Result<Vec<Target>, String> {
     let in_place = args.iter().any(|w| {
         let t = w.text.as_str();
-        t.starts_with("--in-place")
+        t.split('=')
+            .next()
+            .is_some_and(|f| f.len() > 2 && "--in-place".starts_with(f))
             || (t.starts_with('-')
                 && !t.starts_with("--")
                 && short_cluster_has(t, 'i', &['e', 'f', 'l']))
