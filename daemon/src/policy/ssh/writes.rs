@@ -154,6 +154,15 @@ fn tilde(text: &str) -> String {
     }
 }
 
+/// A word the command line did not contain, known as written.
+fn literal(text: &str) -> Word {
+    Word {
+        text: text.to_owned(),
+        dynamic: false,
+        splits: false,
+    }
+}
+
 /// A word made of part of another (an option's attached argument).
 fn sub(w: &Word, text: &str) -> Word {
     Word {
@@ -262,6 +271,28 @@ impl Operands {
             .map(|(_, w)| w)
     }
 
+    /// The values of the options in `names`, as files written.
+    fn targets(&self, names: &[&str]) -> Vec<Target> {
+        self.values
+            .iter()
+            .filter(|(n, _)| names.contains(&n.as_str()))
+            .map(|(_, w)| Target::file(w.clone()))
+            .collect()
+    }
+
+    /// Each URL operand's file, in the directory given by an option in `dir_opts` or the
+    /// home directory (what `curl -O` and `wget` write).
+    fn downloads(&self, dir_opts: &[&str]) -> Vec<Target> {
+        let dir = self
+            .value(dir_opts)
+            .cloned()
+            .unwrap_or_else(|| literal("."));
+        self.files
+            .iter()
+            .map(|url| joined(&dir, &url_name(&url.word), false))
+            .collect()
+    }
+
     /// Whether a flag among `names` was given; a long flag also by any prefix, as getopt
     /// accepts unambiguous abbreviations (`--no-t` is `--no-target-directory`). Matching
     /// every prefix is stricter than getopt, never looser.
@@ -308,11 +339,7 @@ fn copy_targets(base: &str, args: &[Word]) -> Result<Vec<Target>, String> {
     let dir = match explicit {
         Some(d) => Some(d),
         None if files.len() >= 2 => files.pop(),
-        None if base == "ln" => Some(Word {
-            text: ".".into(),
-            dynamic: false,
-            splits: false,
-        }),
+        None if base == "ln" => Some(literal(".")),
         None => None,
     };
     let Some(dir) = dir else {
@@ -413,23 +440,15 @@ fn rsync_targets(args: &[Word]) -> Result<Vec<Target>, String> {
     {
         return Err("`rsync -e`/`--rsync-path` runs a command this check does not read".into());
     }
-    let mut out: Vec<Target> = ops
-        .values
-        .iter()
-        .filter(|(n, _)| {
-            matches!(
-                n.as_str(),
-                "log-file"
-                    | "write-batch"
-                    | "only-write-batch"
-                    | "backup-dir"
-                    | "temp-dir"
-                    | "T"
-                    | "partial-dir"
-            )
-        })
-        .map(|(_, w)| Target::file(w.clone()))
-        .collect();
+    let mut out: Vec<Target> = ops.targets(&[
+        "log-file",
+        "write-batch",
+        "only-write-batch",
+        "backup-dir",
+        "temp-dir",
+        "T",
+        "partial-dir",
+    ]);
     let mut files: Vec<Word> = ops.files.into_iter().map(|t| t.word).collect();
     if files.len() >= 2 {
         if let Some(dest) = files.pop() {
@@ -542,12 +561,7 @@ fn tar_targets(args: &[Word]) -> Result<Vec<Target>, String> {
             "exclude",
         ],
     )?;
-    let mut out: Vec<Target> = ops
-        .values
-        .iter()
-        .filter(|(n, _)| n == "f" || n == "file")
-        .map(|(_, w)| Target::file(w.clone()))
-        .collect();
+    let mut out: Vec<Target> = ops.targets(&["f", "file"]);
     let extract = ops.has(&["x", "--extract", "--get"]);
     if !extract {
         return Ok(out);
@@ -627,12 +641,7 @@ fn cpio_targets(args: &[Word]) -> Result<Vec<Target>, String> {
                 .into(),
         );
     }
-    Ok(ops
-        .values
-        .iter()
-        .filter(|(n, _)| n == "O" || n == "F" || n == "file")
-        .map(|(_, w)| Target::file(w.clone()))
-        .collect())
+    Ok(ops.targets(&["O", "F", "file"]))
 }
 
 /// The last path segment of a URL (what `curl -O` and `wget` name the file), without query.
@@ -697,37 +706,23 @@ fn curl_targets(args: &[Word]) -> Result<Vec<Target>, String> {
     if ops.value(&["K", "config"]).is_some() {
         return Err("`curl -K` reads options (output files among them) from a file this check does not read".into());
     }
-    let mut out: Vec<Target> = ops
-        .values
-        .iter()
-        .filter(|(n, _)| {
-            matches!(
-                n.as_str(),
-                "o" | "output"
-                    | "c"
-                    | "cookie-jar"
-                    | "D"
-                    | "dump-header"
-                    | "stderr"
-                    | "trace"
-                    | "trace-ascii"
-                    | "etag-save"
-                    | "hsts"
-                    | "alt-svc"
-                    | "libcurl"
-            )
-        })
-        .map(|(_, w)| Target::file(w.clone()))
-        .collect();
+    let mut out: Vec<Target> = ops.targets(&[
+        "o",
+        "output",
+        "c",
+        "cookie-jar",
+        "D",
+        "dump-header",
+        "stderr",
+        "trace",
+        "trace-ascii",
+        "etag-save",
+        "hsts",
+        "alt-svc",
+        "libcurl",
+    ]);
     if ops.has(&["O", "--remote-name", "--remote-name-all"]) {
-        let dir = ops.value(&["output-dir"]).cloned().unwrap_or(Word {
-            text: ".".into(),
-            dynamic: false,
-            splits: false,
-        });
-        for url in &ops.files {
-            out.push(joined(&dir, &url_name(&url.word), false));
-        }
+        out.extend(ops.downloads(&["output-dir"]));
     }
     Ok(out)
 }
@@ -797,36 +792,19 @@ fn wget_targets(args: &[Word]) -> Result<Vec<Target>, String> {
                 .into(),
         );
     }
-    let mut out: Vec<Target> = ops
-        .values
-        .iter()
-        .filter(|(n, _)| {
-            matches!(
-                n.as_str(),
-                "O" | "output-document"
-                    | "o"
-                    | "output-file"
-                    | "a"
-                    | "append-output"
-                    | "save-cookies"
-                    | "rejected-log"
-                    | "warc-file"
-            )
-        })
-        .map(|(_, w)| Target::file(w.clone()))
-        .collect();
+    let mut out: Vec<Target> = ops.targets(&[
+        "O",
+        "output-document",
+        "o",
+        "output-file",
+        "a",
+        "append-output",
+        "save-cookies",
+        "rejected-log",
+        "warc-file",
+    ]);
     if ops.value(&["O", "output-document"]).is_none() {
-        let dir = ops
-            .value(&["P", "directory-prefix"])
-            .cloned()
-            .unwrap_or(Word {
-                text: ".".into(),
-                dynamic: false,
-                splits: false,
-            });
-        for url in &ops.files {
-            out.push(joined(&dir, &url_name(&url.word), false));
-        }
+        out.extend(ops.downloads(&["P", "directory-prefix"]));
     }
     Ok(out)
 }
