@@ -740,47 +740,10 @@ const STARTUP_DIRS: &[&str] = &["/etc", "/home", "/root"];
 /// relative target, whose file names only the client knows.
 fn startup_write(path: &str, scope: Scope) -> Option<String> {
     let norm = normalize(path.strip_prefix("~/").unwrap_or(path));
+    if let Some(why) = startup_file(&norm) {
+        return Some(why);
+    }
     let parts: Vec<&str> = norm.split('/').filter(|p| !p.is_empty()).collect();
-    if norm == "/proc" || norm.starts_with("/proc/") {
-        return Some("paths under /proc name other files (/proc/self/root/…)".into());
-    }
-    if parts.contains(&".ssh") {
-        return Some("it is in a `.ssh` directory, which sshd obeys at the next login".into());
-    }
-    if let Some(name) = parts.last().filter(|n| STARTUP_NAMES.contains(n)) {
-        return Some(format!(
-            "`{name}` is a shell startup file: it would run at the next login, outside the command policy"
-        ));
-    }
-    if let Some(name) = parts.last().filter(|n| TOOL_CODE_NAMES.contains(n)) {
-        return Some(format!(
-            "`{name}` makes a program run the commands it names: an allowed command would run code \
-             outside the command policy"
-        ));
-    }
-    // A repository's config and hooks: any `git` command there runs what they say.
-    if let Some(i) = parts.iter().position(|p| *p == ".git") {
-        let rest = parts.get(i + 1..).unwrap_or_default();
-        if rest.is_empty() || rest.iter().any(|p| matches!(*p, "config" | "hooks")) {
-            return Some(
-                "a repository's `.git` config and hooks make every `git` command there run what \
-                 they name"
-                    .into(),
-            );
-        }
-    }
-    if parts.windows(2).any(|w| {
-        w.first() == Some(&".config") && w.get(1).is_some_and(|d| STARTUP_CONFIG_DIRS.contains(d))
-    }) {
-        return Some("a login (or a program an allowed command starts) reads and runs what is in this `.config` directory".into());
-    }
-    let system = STARTUP_PATHS.iter().any(|p| match p.strip_suffix('/') {
-        Some(dir) => norm == dir || norm.starts_with(p),
-        None => norm == *p,
-    });
-    if system {
-        return Some("every login reads it: it would run code outside the command policy".into());
-    }
     let relative = !norm.starts_with('/');
     let home = matches!(path, "" | "~" | "~/")
         || norm == "."
@@ -803,6 +766,57 @@ fn startup_write(path: &str, scope: Scope) -> Option<String> {
              names only the client knows may be startup files"
                 .into(),
         );
+    }
+    None
+}
+
+/// Why the file or directory at the normalized path `norm` is itself one a login or an
+/// allowed program runs or obeys ([`startup_write`] without the directories that hold them).
+fn startup_file(norm: &str) -> Option<String> {
+    let parts: Vec<&str> = norm.split('/').filter(|p| !p.is_empty()).collect();
+    if norm == "/proc" || norm.starts_with("/proc/") {
+        return Some("paths under /proc name other files (/proc/self/root/…)".into());
+    }
+    if parts.contains(&".ssh") {
+        return Some("it is in a `.ssh` directory, which sshd obeys at the next login".into());
+    }
+    if let Some(name) = parts.last().filter(|n| STARTUP_NAMES.contains(n)) {
+        return Some(format!(
+            "`{name}` is a shell startup file: it would run at the next login, outside the command policy"
+        ));
+    }
+    if let Some(name) = parts.last().filter(|n| TOOL_CODE_NAMES.contains(n)) {
+        return Some(format!(
+            "`{name}` makes a program run the commands it names: an allowed command would run code \
+             outside the command policy"
+        ));
+    }
+    // A repository's config and hooks (`.git/…`, or a bare `name.git/…`): any `git`
+    // command there runs what they say.
+    let git = parts.iter().enumerate().any(|(i, p)| {
+        let rest = parts.get(i + 1..).unwrap_or_default();
+        p.ends_with(".git")
+            && ((rest.is_empty() && *p == ".git")
+                || rest.iter().any(|r| matches!(*r, "config" | "hooks")))
+    });
+    if git {
+        return Some(
+            "a repository's `.git` config and hooks make every `git` command there run what they \
+             name"
+                .into(),
+        );
+    }
+    if parts.windows(2).any(|w| {
+        w.first() == Some(&".config") && w.get(1).is_some_and(|d| STARTUP_CONFIG_DIRS.contains(d))
+    }) {
+        return Some("a login (or a program an allowed command starts) reads and runs what is in this `.config` directory".into());
+    }
+    let system = STARTUP_PATHS.iter().any(|p| match p.strip_suffix('/') {
+        Some(dir) => norm == dir || norm.starts_with(p),
+        None => norm == *p,
+    });
+    if system {
+        return Some("every login reads it: it would run code outside the command policy".into());
     }
     None
 }

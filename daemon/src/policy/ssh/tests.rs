@@ -1496,6 +1496,13 @@ fn file_writing_commands_cannot_write_startup_files() {
             ("cp /tmp/x .psqlrc", Deny, S),
             ("tee .forward", Deny, S),
             ("cp /tmp/x /srv/app/.git/objects/ab/cd", Allow, "t/default"),
+            // A copy target that names a startup file where homes live, and bare
+            // repositories' config and hooks.
+            ("cp /tmp/evil /.bashrc", Deny, S),
+            ("cp /tmp/evil /home/.profile", Deny, S),
+            ("cp /tmp/evil /srv/repo.git/hooks/post-update", Deny, S),
+            ("cp /tmp/evil /srv/repo.git/config", Deny, S),
+            ("cp /tmp/a /srv/repo.git/objects/ab/cd", Allow, "t/default"),
             // Abbreviated long options, --parents, rsync.
             ("cp --no-t -r /tmp/payload ~", Deny, S),
             ("cp --no-target-dir -r /tmp/payload /home/deploy", Deny, S),

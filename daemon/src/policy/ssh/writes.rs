@@ -13,7 +13,7 @@
 //! other code (interpreters, `rsync -e`, `git`, `find -exec`), which the module docs already
 //! tell policy authors to allow with fixed arguments only.
 
-use super::{basename, shell::Word, startup_write, Scope};
+use super::{basename, shell::Word, startup_file, startup_write, Scope};
 
 /// Base names of the shell's directory changers: after one, relative paths no longer start
 /// at the login's home directory.
@@ -54,7 +54,8 @@ struct Target {
     /// archive): the directory itself must not be one that holds startup files.
     tree: bool,
     /// A copy target that may be an existing directory: the copies inside it are checked by
-    /// their own names, so a home directory here is no finding by itself.
+    /// their own names, so a directory holding homes (`~`, `/home/NAME`, `/`) is no finding
+    /// by itself; the path's own name still is (`/.bashrc`).
     into: bool,
     /// The file name is a wildcard that cannot match a dot file (`*.log`): fine anywhere but
     /// where startup files have plain names (`/etc`, `.config`).
@@ -104,17 +105,14 @@ impl Target {
                 ));
             }
         }
-        let home_dir = norm == "." || norm.starts_with("..") || norm == "/" || {
-            let parts: Vec<&str> = norm.split('/').filter(|p| !p.is_empty()).collect();
-            norm.starts_with('/')
-                && (parts.len() <= 1 || (parts.len() == 2 && parts.first() == Some(&"home")))
+        // A copy into an existing directory lands under the source's name, which its own
+        // target checks: here only the path itself counts, not the homes it may hold.
+        let found = if self.into {
+            startup_file(&norm)
+        } else {
+            startup_write(&path, Scope::Path)
         };
-        // Home directories (and their parents) exist, so a copy into one lands under the
-        // source's name, which its own target checks.
-        if self.into && home_dir {
-            return None;
-        }
-        if let Some(why) = startup_write(&path, Scope::Path) {
+        if let Some(why) = found {
             return Some(format!("`{base}` writing `{shown}` is denied: {why}"));
         }
         if self.tree && name == ".config" {
