@@ -276,3 +276,46 @@ fn unix_allow_list_is_enforced_in_the_kernel() {
     c.eq("unlisted listener connections", other.take_pending(), 0);
     c.finish(|| d.context());
 }
+
+#[test]
+fn agents_cannot_use_the_control_socket_even_through_an_allowed_name() {
+    require_root!();
+    let echo = EchoServer::v4();
+    let setup = Setup::bot_with_echo(&echo.address());
+    // The config refuses to list the control socket itself; a symlink to it
+    // under another (allowed) name gets past the kernel's allow list, so
+    // the daemon must refuse on its own.
+    let alias = setup.dir.path().join("alias.sock");
+    std::os::unix::fs::symlink(setup.control_socket(), &alias).expect("symlink");
+    let alias = alias.display().to_string();
+    let d = Daemon::start(setup.unix_allow(&alias));
+    let mut c = Checks::new();
+    for request in [
+        r#"{"op":"status"}"#,
+        r#"{"op":"sessions_list","agent":null,"limit":10}"#,
+        r#"{"op":"join","agent":"bot"}"#,
+        r#"{"op":"approvals_list"}"#,
+    ] {
+        let p = d.probe(
+            "bot",
+            cordon_tests::As::Root,
+            &["unix-request", &alias, request],
+        );
+        let reply: Value =
+            cordon_tests::serde_json::from_str(str_of(&p, "reply")).unwrap_or(Value::Null);
+        c.check(
+            p["ok"] == Value::Bool(true)
+                && reply["ok"] == Value::Bool(false)
+                && str_of(&reply, "error").contains("runs inside agent `bot`'s cgroup"),
+            format!("{request} from inside the agent (as root) must reach the daemon and be refused: {p}"),
+        );
+    }
+    // The same requests from outside the agent still work.
+    c.check(
+        d.status()["agents"]
+            .as_array()
+            .is_some_and(|a| a.len() == 1),
+        "status from outside the agent",
+    );
+    c.finish(|| d.context());
+}

@@ -422,6 +422,12 @@ impl Config {
         }
         let mut unix_allow = Vec::new();
         for (i, p) in d.unix_allow.iter().enumerate() {
+            if Path::new(p) == d.control_socket {
+                return Err(invalid(
+                    format!("daemon.unix_allow[{i}]"),
+                    format!("`{p}` is Cordon's own control socket (daemon.control_socket); agents may never reach it"),
+                ));
+            }
             unix_allow.push(
                 UnixName::parse(p).map_err(|e| invalid(format!("daemon.unix_allow[{i}]"), e))?,
             );
@@ -1098,6 +1104,13 @@ expires = "2026-12-31T00:00:00Z"
             (
                 BASE.replace("[daemon]", "[daemon]\nunix_allow = [\"run/x\"]"),
                 "daemon.unix_allow[0]",
+            ),
+            (
+                BASE.replace(
+                    "[daemon]",
+                    "[daemon]\nunix_allow = [\"/run/ok\", \"/tmp//cordon.sock\"]",
+                ),
+                "daemon.unix_allow[1]: `/tmp//cordon.sock` is Cordon's own control socket",
             ),
             (
                 BASE.replace("[daemon]", "[deamon]"),

@@ -485,29 +485,37 @@ async fn handle(
                     pid,
                     process,
                 };
-                match req {
-                    Request::WhoAmI { id_token } => {
-                        whoami(oidc.as_deref(), &caller, id_token).await
+                match outside_agents(&gw, &caller) {
+                    Err(why) => {
+                        tracing::warn!(uid = caller.uid, pid, %why, "control request from inside an agent refused");
+                        gw.approvals.auth_failed(caller.uid, "control", &why);
+                        Response::err(why)
                     }
-                    Request::Join { agent, id_token } => {
-                        humans::join(&gw, oidc.as_deref(), &caller, &agent, id_token.as_ref()).await
-                    }
-                    req @ (Request::AskGrant { .. }
-                    | Request::ApprovalsList { .. }
-                    | Request::Approve { .. }
-                    | Request::Deny { .. }
-                    | Request::GrantsList { .. }
-                    | Request::GrantsRevoke { .. }
-                    | Request::AuditList { .. }) => {
-                        humans::handle(&gw, oidc.as_deref(), &caller, req).await
-                    }
-                    Request::SshTrust { resource, replace } => match require_root(&caller) {
-                        Ok(()) => ssh::ssh_trust(&gw, &resource, replace)
-                            .await
-                            .unwrap_or_else(|e| e),
-                        Err(e) => e,
+                    Ok(()) => match req {
+                        Request::WhoAmI { id_token } => {
+                            whoami(oidc.as_deref(), &caller, id_token).await
+                        }
+                        Request::Join { agent, id_token } => {
+                            humans::join(&gw, oidc.as_deref(), &caller, &agent, id_token.as_ref())
+                                .await
+                        }
+                        req @ (Request::AskGrant { .. }
+                        | Request::ApprovalsList { .. }
+                        | Request::Approve { .. }
+                        | Request::Deny { .. }
+                        | Request::GrantsList { .. }
+                        | Request::GrantsRevoke { .. }
+                        | Request::AuditList { .. }) => {
+                            humans::handle(&gw, oidc.as_deref(), &caller, req).await
+                        }
+                        Request::SshTrust { resource, replace } => match require_root(&caller) {
+                            Ok(()) => ssh::ssh_trust(&gw, &resource, replace)
+                                .await
+                                .unwrap_or_else(|e| e),
+                            Err(e) => e,
+                        },
+                        req => dispatch(&gw, &caller, req),
                     },
-                    req => dispatch(&gw, &caller, req),
                 }
             }
             Err(e) => Response::err(format!("malformed control request: {e}")),
@@ -599,6 +607,35 @@ impl PeerProcess {
             Self::Unknown(why) => Err(format!("cannot identify the calling process: {why}")),
         }
     }
+}
+
+/// Refuses every control request from a process inside an agent's cgroup
+/// (or a cgroup below one). The kernel already keeps agents off unix sockets
+/// that are not on `daemon.unix_allow`, and the config refuses to list this
+/// socket there; this holds even when an allowed name leads here anyway (a
+/// symlink, a bind mount). An agent must never approve, grant, join another
+/// agent or read the audit through Cordon itself. Fails closed: a caller
+/// whose cgroup cannot be read is refused.
+fn outside_agents(gw: &Gateway, caller: &Caller) -> Result<(), String> {
+    let Some(pid) = caller.pid.filter(|&p| p != 0) else {
+        return Err(
+            "the kernel did not report the calling process, so it cannot be told apart from an agent"
+                .into(),
+        );
+    };
+    let cgroup = capture::cgroup::cgroup2_mount()
+        .and_then(|mount| capture::cgroup::of_process(&mount, pid))
+        .map_err(|e| {
+            format!("cannot tell which cgroup the calling process (pid {pid}) is in: {e}")
+        })?;
+    if let Some(agent) = gw.identity.agent_containing(&cgroup) {
+        return Err(format!(
+            "refused: the calling process (pid {pid}) runs inside agent `{agent}`'s cgroup, \
+             and agents may not use Cordon's control socket"
+        ));
+    }
+    // The pid was read above: make sure it still names the caller.
+    caller.process.verify(pid, caller.uid)
 }
 
 #[allow(unsafe_code)]
@@ -901,14 +938,7 @@ fn join(gw: &Gateway, caller: &Caller, agent: &str) -> Result<Response, Response
         .identity
         .cgroup_of(agent)
         .ok_or_else(|| Response::err(format!("agent `{agent}` has no pinned cgroup")))?;
-    let mount = capture::cgroup::cgroup2_mount().map_err(|e| Response::err(e.to_string()))?;
-    let current =
-        capture::cgroup::of_process(&mount, pid).map_err(|e| Response::err(e.to_string()))?;
-    if let Some(already) = gw.identity.agent_containing(&current) {
-        return Err(Response::err(format!(
-            "refused: the caller already runs as agent `{already}`; agents cannot change identity"
-        )));
-    }
+    // (A caller inside an agent never gets here: `outside_agents`.)
     // Last check before acting on the pid number: it must still be the
     // process that connected (not a reuse of its pid), running as the caller.
     verify()?;

@@ -23,6 +23,7 @@ usage: cordon-probe COMMAND [ARGS]
   packet
   socket DOMAIN TYPE PROTOCOL
   unix PATH [--dgram]            (PATH starting with @ = abstract namespace)
+  unix-request PATH LINE         (connects, sends LINE and a newline, prints the reply line)
   whoami
   spawn-child COMMAND [ARGS]     (runs this probe again as a child process)
   hold ADDR SECONDS [--timeout-ms MS]
@@ -148,6 +149,10 @@ fn dispatch(args: &[String]) -> ArgResult<Outcome> {
             let a = Args::parse(rest, &[], &["--dgram"])?;
             let [path] = a.positional::<1>()?;
             unix(&path, a.switch("--dgram"))?
+        }
+        "unix-request" => {
+            let [path, line] = Args::parse(rest, &[], &[])?.positional::<2>()?;
+            unix_request(&path, &line)
         }
         "whoami" => {
             Args::parse(rest, &[], &[])?.positional::<0>()?;
@@ -755,6 +760,26 @@ fn unix(path: &str, dgram: bool) -> ArgResult<Value> {
         Ok(()) => json!({"op": "unix", "ok": true, "errno": null, "error": null, "stage": null}),
         Err((stage, e)) => failed("unix", stage, &e),
     })
+}
+
+/// One request line to a unix stream socket (Cordon's control socket
+/// speaks one JSON line each way); the reply as the daemon sent it.
+fn unix_request(path: &str, line: &str) -> Value {
+    let exchange = || -> io::Result<String> {
+        let mut s = std::os::unix::net::UnixStream::connect(path)?;
+        s.set_read_timeout(Some(Duration::from_millis(DEFAULT_TIMEOUT_MS)))?;
+        s.write_all(line.as_bytes())?;
+        s.write_all(b"\n")?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        Ok(reply)
+    };
+    match exchange() {
+        Ok(reply) => json!({"op": "unix-request", "ok": true, "reply": reply.trim_end()}),
+        Err(e) => {
+            json!({"op": "unix-request", "ok": false, "errno": errno_of(&e), "error": e.to_string()})
+        }
+    }
 }
 
 fn whoami() -> Value {
