@@ -1110,7 +1110,7 @@ expires = "2026-12-31T00:00:00Z"
                     "[daemon]",
                     "[daemon]\nunix_allow = [\"/run/ok\", \"/tmp//cordon.sock\"]",
                 ),
-                "daemon.unix_allow[1]: `/tmp//cordon.sock` is Cordon's own control socket",
+                "daemon.unix_allow[1]`: `/tmp//cordon.sock` is Cordon's own control socket",
             ),
             (
                 BASE.replace("[daemon]", "[deamon]"),
