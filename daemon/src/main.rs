@@ -128,7 +128,8 @@ enum Command {
         command: PolicyCommand,
     },
     /// Log in as a human with the OpenID Connect provider of [identity.oidc]:
-    /// device authorization flow, or auth code + PKCE with --browser.
+    /// device authorization flow, or auth code + PKCE with --browser. The
+    /// daemon holds the login for your uid (nothing is written to disk).
     Login {
         /// Use this issuer instead of the config's.
         #[arg(long)]
@@ -144,6 +145,8 @@ enum Command {
         #[arg(long)]
         allow_http_loopback: bool,
     },
+    /// Drop the login the daemon holds for you.
+    Logout,
     /// Who the daemon takes you for: your `cordon login`, or local root.
     Whoami {
         #[arg(long)]
@@ -358,6 +361,7 @@ fn main() -> ExitCode {
             browser,
             allow_http_loopback,
         } => cli::login::login(&config, issuer, client_id, browser, allow_http_loopback),
+        Command::Logout => cli::login::logout(&config),
         Command::Whoami { json } => cli::login::whoami(&config, json),
         Command::SshConfig {
             agent,

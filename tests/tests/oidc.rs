@@ -4,15 +4,17 @@
 //! rights by their groups; expired, wrong-audience, wrong-issuer, tampered,
 //! unsigned (`alg: none`) and unknown-key tokens are refused with a reason;
 //! key rotation at the provider is picked up. `cordon login` runs the device
-//! flow (and auth code + PKCE with --browser) end to end, caches the tokens
-//! 0600 in a 0700 directory, and refreshes an expiring ID token.
+//! flow (and auth code + PKCE with --browser) end to end and hands the login
+//! to the daemon, which holds it for the uid (nothing is written under the
+//! human's home, where a same-uid agent could read it), refreshes an
+//! expiring ID token, and drops it at `cordon logout`.
 //!
 //! The daemon needs root (it loads eBPF); without root these tests skip,
 //! except in CI where they fail. Without node and tests/oidc/node_modules
 //! (`cargo xtask setup`) they skip likewise.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
@@ -374,39 +376,46 @@ fn login(
     out
 }
 
-fn assert_private_cache(xdg: &str, owner: u32) -> Value {
-    let dir = Path::new(xdg).join("cordon");
-    let file = dir.join("token.json");
-    let dmeta = fs::metadata(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    let fmeta = fs::metadata(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-    assert_eq!(
-        dmeta.permissions().mode() & 0o777,
-        0o700,
-        "{}",
-        dir.display()
-    );
-    assert_eq!(
-        fmeta.permissions().mode() & 0o777,
-        0o600,
-        "{}",
-        file.display()
-    );
-    assert_eq!((dmeta.uid(), fmeta.uid()), (owner, owner));
-    serde_json::from_slice(&fs::read(&file).expect("read cache")).expect("cache is JSON")
+/// Every file under `dir` (none is what a login must leave).
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                out.extend(files_under(&path));
+            } else {
+                out.push(path.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// No JWT (they all start `eyJ`, base64 of `{"`) in `text`.
+fn no_token_in(what: &str, text: &str) {
+    assert!(!text.contains("eyJ"), "{what} shows a token: {text}");
 }
 
 #[test]
-fn cordon_login_device_flow_caches_privately_and_refreshes() {
+fn cordon_login_hands_the_login_to_the_daemon_which_refreshes_and_drops_it() {
     require_root!();
     require_oidc_provider!();
-    // ID tokens live 30 s: less than the CLI's 60 s refresh margin, so the
-    // next command that needs one refreshes it.
+    // ID tokens live 30 s: less than the daemon's 60 s refresh margin, so
+    // every use of the held login refreshes it first.
     let idp = OidcProvider::start_with(OidcOptions {
         id_token_ttl: Some(30),
         ..OidcOptions::default()
     });
     let d = daemon_for(&idp);
     let (_dir, xdg) = cache_home(User::Nobody);
+    // A plaintext token file as an earlier Cordon left it: the login removes it.
+    let legacy = Path::new(&xdg).join("cordon");
+    fs::create_dir_all(&legacy).expect("mkdir");
+    fs::write(legacy.join("token.json"), "{\"tokens\":[]}").expect("write");
+    for p in [Path::new(&xdg), &legacy, &legacy.join("token.json")] {
+        std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).expect("chown");
+    }
 
     let mut code = None;
     let out = login(&d, User::Nobody, &xdg, &[], |line| {
@@ -418,10 +427,10 @@ fn cordon_login_device_flow_caches_privately_and_refreshes() {
         false
     });
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success(),
-        "cordon login failed: {}\nstdout: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr),
+        "cordon login failed: {stderr}\nstdout: {stdout}\n{}",
         idp.stderr()
     );
     assert!(code.is_some(), "no user code printed: {stdout}");
@@ -430,41 +439,48 @@ fn cordon_login_device_flow_caches_privately_and_refreshes() {
         "{stdout}"
     );
     assert!(stdout.contains("Logged in as dave"), "{stdout}");
-    let cache = assert_private_cache(&xdg, NOBODY);
-    let entry = &cache["tokens"][0];
-    assert_eq!(entry["issuer"], idp.issuer.as_str());
-    assert_eq!(entry["client_id"], idp.client_id.as_str());
-    let first = entry["id_token"].as_str().unwrap_or_default().to_owned();
-    assert_eq!(jwt_payload(&first)["sub"], "dave");
-    assert!(entry["refresh_token"].is_string(), "{}", pretty(&cache));
-    // Tokens are never printed.
-    assert!(!stdout.contains(&first) && !String::from_utf8_lossy(&out.stderr).contains(&first));
-
-    // The cached login is what `whoami` presents; it expires within the
-    // margin, so it is refreshed first and the cache rewritten (still 0600).
-    // (A second later, so that the new token's `iat` differs.)
-    thread::sleep(Duration::from_millis(1100));
-    let out = run_with_limit(
-        &mut cordon_cmd(
-            &d,
-            User::Nobody,
-            &["whoami", "--json"],
-            &[("XDG_CACHE_HOME", &xdg)],
-        ),
-        PROBE_TIME_LIMIT,
-    );
-    let v = parse_whoami(&out).unwrap_or_else(|e| d.fail(&e));
-    assert_eq!(v["actor"]["subject"], "dave", "{v}");
-    assert_eq!(v["can_approve"], json!(true));
-    let cache = assert_private_cache(&xdg, NOBODY);
-    let second = cache["tokens"][0]["id_token"].as_str().unwrap_or_default();
     assert!(
-        jwt_payload(second)["iat"].as_i64() > jwt_payload(&first)["iat"].as_i64(),
-        "the ID token was not refreshed"
+        stdout.contains(&format!("the daemon holds the login for uid {NOBODY}")),
+        "{stdout}"
     );
-    assert_eq!(jwt_payload(second)["sub"], "dave");
+    assert!(stdout.contains("Removed the token file"), "{stdout}");
+    // Nothing a same-uid agent could read: no file, no token on the terminal.
+    assert_eq!(files_under(Path::new(&xdg)), Vec::<String>::new());
+    no_token_in("cordon login's stdout", &stdout);
+    no_token_in("cordon login's stderr", &stderr);
 
-    // Another user (root, with its own empty cache) is not dave.
+    // Without a token of its own, `whoami` acts with the held login; it
+    // expires within the margin, so the daemon refreshes it each time.
+    let whoami_nobody = || {
+        let out = run_with_limit(
+            &mut cordon_cmd(
+                &d,
+                User::Nobody,
+                &["whoami", "--json"],
+                &[("XDG_CACHE_HOME", &xdg)],
+            ),
+            PROBE_TIME_LIMIT,
+        );
+        parse_whoami(&out)
+    };
+    let first = whoami_nobody().unwrap_or_else(|e| d.fail(&e));
+    assert_eq!(first["actor"]["subject"], "dave", "{first}");
+    assert_eq!(first["can_approve"], json!(true));
+    thread::sleep(Duration::from_millis(1100));
+    let second = whoami_nobody().unwrap_or_else(|e| d.fail(&e));
+    assert_eq!(second["actor"]["subject"], "dave", "{second}");
+    let until = |v: &Value| {
+        v["actor"]["token_expires"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert!(
+        until(&second) > until(&first),
+        "the held ID token was not refreshed: {first} then {second}"
+    );
+
+    // Another uid (root) does not get dave's login.
     let (_other, other_xdg) = cache_home(User::Root);
     let out = run_with_limit(
         &mut cordon_cmd(
@@ -479,6 +495,24 @@ fn cordon_login_device_flow_caches_privately_and_refreshes() {
         parse_whoami(&out).unwrap_or_else(|e| d.fail(&e))["actor"]["kind"],
         "local_root"
     );
+
+    // `cordon logout` drops it: nobody is then refused, told to log in.
+    let out = run_with_limit(
+        &mut cordon_cmd(&d, User::Nobody, &["logout"], &[("XDG_CACHE_HOME", &xdg)]),
+        PROBE_TIME_LIMIT,
+    );
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Logged out"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    refused(
+        whoami_nobody(),
+        "nobody after logout",
+        &["uid 65534", "cordon login"],
+        &d,
+    );
+    no_token_in("the daemon's log", &d.stderr());
 }
 
 #[test]
@@ -528,7 +562,8 @@ fn cordon_login_browser_flow_with_pkce() {
         idp.stderr()
     );
     assert_eq!(walked["status"], json!(200), "{walked}");
-    assert_private_cache(&xdg, 0);
+    assert_eq!(files_under(Path::new(&xdg)), Vec::<String>::new());
+    // Root with a held login acts as that human, not as local root.
     let out = run_with_limit(
         &mut cordon_cmd(
             &d,

@@ -12,19 +12,14 @@ use anyhow::Context as _;
 use super::sessions::{escape, one_line};
 use crate::{
     approvals::{Decided, PendingList},
-    config::{approval::format_duration, Config},
+    config::approval::format_duration,
     control::{Request, WireSecret},
-    vault::Secret,
 };
 
-/// The caller's login for a control request, if the config has
-/// `[identity.oidc]` (or `CORDON_ID_TOKEN` is set).
-pub fn login_token(config: &Path) -> anyhow::Result<Option<WireSecret>> {
-    let cfg = Config::load(config).context("loading config to find the daemon")?;
-    if cfg.oidc.is_none() && std::env::var_os(super::login::TOKEN_ENV).is_none() {
-        return Ok(None);
-    }
-    Ok(super::login::current_id_token(&cfg).map(|t| WireSecret(Secret::new(t.into_bytes()))))
+/// The ID token a control request presents (`CORDON_ID_TOKEN`); without
+/// one the daemon acts with the login it holds for the caller.
+pub fn login_token(_config: &Path) -> anyhow::Result<Option<WireSecret>> {
+    super::login::presented_token()
 }
 
 pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {

@@ -193,6 +193,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         deferred: audit.deferred(),
         live,
         approvals: approvals.clone(),
+        logins: Default::default(),
     });
     tokio::spawn(crate::approvals::run_expiry(approvals));
     for listener in listeners {

@@ -9,17 +9,17 @@
 //! one-shot listener on 127.0.0.1. The ID token is verified here too (with
 //! the nonce in the browser flow) before it is cached.
 //!
-//! Cache: `$XDG_CACHE_HOME/cordon/token.json`, else
-//! `~/.cache/cordon/token.json`; the directory is 0700, the file 0600 and
-//! replaced atomically. One entry per (issuer, client id). When the cached
-//! ID token expires within [`REFRESH_MARGIN`], [`current_id_token`] uses the
-//! refresh token for a new one. Tokens are never printed or logged.
-//! `CORDON_ID_TOKEN`, when set, overrides the cache.
+//! The tokens are handed to the daemon (`login_hold`), which holds them in
+//! memory for the caller's uid and refreshes the ID token itself (see
+//! `identity::logins`): nothing is written under the human's home, where an
+//! agent running as the same uid could read it. A token file left by an
+//! earlier Cordon (`~/.cache/cordon/token.json`) is removed at the next
+//! login. `cordon logout` drops the held login. Tokens are never printed or
+//! logged. `CORDON_ID_TOKEN`, when set, is presented instead.
 
 use std::{
     fs,
     io::Write as _,
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -30,20 +30,15 @@ use openidconnect::{
     AuthorizationCode, ClientId, ClientSecret, CsrfToken, Nonce, OAuth2TokenResponse as _,
     PkceCodeChallenge, RedirectUrl, RefreshToken, Scope,
 };
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use zeroize::{Zeroize as _, Zeroizing};
 
 use crate::{
     config::{oidc::Oidc, Config},
     control::{Request, WhoAmIReply, WireSecret},
-    identity::oidc::{chain, unverified_expiry, Actor, Discovery, Verifier},
+    identity::oidc::{chain, Actor, Discovery, Verifier},
     vault::Secret,
 };
-
-/// A cached ID token expiring sooner than this is refreshed before use (it
-/// must still be valid when the daemon checks it).
-pub const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 
 /// How long `--browser` waits for the provider's redirect.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(300);
@@ -67,15 +62,21 @@ pub fn login(
             device_flow(&settings, &verifier, &discovery, client).await
         }
     })?;
-    let human = cached.1;
-    let mut cache = Cache::load().unwrap_or_else(|e| {
-        eprintln!("cordon: warning: replacing an unreadable token cache: {e:#}");
-        Cache::default()
-    });
-    cache.put(cached.0);
-    let path = cache.store()?;
+    let (tokens, human) = cached;
+    let held: WhoAmIReply = super::call_typed(
+        config,
+        &Request::LoginHold {
+            id_token: WireSecret(Secret::new(tokens.id_token.as_bytes().to_vec())),
+            refresh_token: tokens
+                .refresh_token
+                .as_ref()
+                .map(|r| WireSecret(Secret::new(r.as_bytes().to_vec()))),
+        },
+    )
+    .context("handing the login to the daemon (it holds logins; is it running?)")?;
+    let legacy = remove_legacy_cache();
     println!(
-        "Logged in as {}{} (groups: {}); {}{}.",
+        "Logged in as {}{} (groups: {}); {}; the daemon holds the login for uid {} until `cordon logout` or its restart.",
         human.subject,
         human
             .email
@@ -87,22 +88,47 @@ pub fn login(
         } else {
             human.groups.join(", ")
         },
-        if human.is_admin {
+        if held.is_admin {
             "administrator"
-        } else if human.can_approve {
+        } else if held.can_approve {
             "approver"
         } else {
             "no approver or admin group"
         },
-        format_args!("; token cached in {}", path.display())
+        held.uid,
     );
+    if let Some(path) = legacy {
+        println!(
+            "Removed the token file {} an earlier Cordon left (agents running as you could read it).",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// `cordon logout`: the daemon drops the login it holds for the caller.
+pub fn logout(config: &Path) -> anyhow::Result<()> {
+    let data = super::call(config, &Request::Logout)?;
+    let legacy = remove_legacy_cache();
+    if data.get("forgotten").and_then(serde_json::Value::as_bool) == Some(true) {
+        println!("Logged out: the daemon no longer holds your login.");
+    } else {
+        println!("The daemon held no login for you.");
+    }
+    if let Some(path) = legacy {
+        println!(
+            "Removed the token file {} an earlier Cordon left.",
+            path.display()
+        );
+    }
     Ok(())
 }
 
 /// `cordon whoami`: asks the daemon who it takes the caller for.
 pub fn whoami(config: &Path, json: bool) -> anyhow::Result<()> {
     let cfg = Config::load(config).context("loading config to find the daemon")?;
-    let id_token = current_id_token(&cfg).map(|t| WireSecret(Secret::new(t.into_bytes())));
+    let _ = cfg;
+    let id_token = presented_token()?;
     let me: WhoAmIReply = super::call_typed(config, &Request::WhoAmI { id_token })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&me)?);
@@ -130,56 +156,22 @@ pub fn whoami(config: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The cached ID token for `config`'s `[identity.oidc]`, refreshed first if
-/// it expires within [`REFRESH_MARGIN`]; None when there is no OIDC config,
-/// no login, or the refresh failed (a warning on stderr says why). For CLI
-/// commands that act as a human: attach it to their control request.
-pub fn current_id_token(config: &Config) -> Option<String> {
-    match try_current_id_token(config) {
-        Ok(token) => token,
-        Err(e) => {
-            eprintln!("cordon: warning: not using your login: {e:#}");
-            None
-        }
-    }
-}
-
-/// An ID token in this variable is used as it is, instead of the cache (for
-/// automation that obtains tokens itself; it is neither cached nor refreshed).
+/// An ID token in this variable is presented as it is, instead of the
+/// login the daemon holds (for automation that obtains tokens itself).
 pub const TOKEN_ENV: &str = "CORDON_ID_TOKEN";
 
-/// [`current_id_token`] with the reason when there is none.
-pub fn try_current_id_token(config: &Config) -> anyhow::Result<Option<String>> {
-    if let Some(token) = std::env::var_os(TOKEN_ENV) {
-        let token = token
-            .into_string()
-            .map_err(|_| anyhow!("{TOKEN_ENV} is not valid UTF-8"))?;
-        if !token.is_empty() {
-            return Ok(Some(token));
+/// The ID token a CLI command presents: `CORDON_ID_TOKEN` when set, else
+/// none (the daemon then acts with the login it holds for the caller).
+pub fn presented_token() -> anyhow::Result<Option<WireSecret>> {
+    match std::env::var_os(TOKEN_ENV) {
+        Some(token) if !token.is_empty() => {
+            let token = token
+                .into_string()
+                .map_err(|_| anyhow!("{TOKEN_ENV} is not valid UTF-8"))?;
+            Ok(Some(WireSecret(Secret::new(token.into_bytes()))))
         }
+        _ => Ok(None),
     }
-    let Some(oidc) = &config.oidc else {
-        return Ok(None);
-    };
-    let mut cache = Cache::load()?;
-    let Some(entry) = cache.find(&oidc.issuer, &oidc.client_id) else {
-        return Ok(None);
-    };
-    let now = chrono::Utc::now().timestamp();
-    let margin = i64::try_from(REFRESH_MARGIN.as_secs()).unwrap_or(60);
-    if unverified_expiry(&entry.id_token).is_some_and(|exp| exp > now + margin) {
-        return Ok(Some(entry.id_token.clone()));
-    }
-    let Some(refresh_token) = entry.refresh_token.clone() else {
-        bail!("your login has expired and there is no refresh token: run `cordon login`");
-    };
-    let (fresh, _human) = runtime()?
-        .block_on(refresh(oidc, refresh_token))
-        .context("refreshing your login (run `cordon login` if this persists)")?;
-    let token = fresh.id_token.clone();
-    cache.put(fresh);
-    cache.store()?;
-    Ok(Some(token))
 }
 
 // ---------------------------------------------------------------------------
@@ -275,7 +267,7 @@ async fn device_flow(
     verifier: &Verifier,
     discovery: &Discovery,
     client: Client,
-) -> anyhow::Result<(CachedToken, crate::identity::oidc::Human)> {
+) -> anyhow::Result<(Tokens, crate::identity::oidc::Human)> {
     let url = discovery
         .additional_metadata()
         .device_authorization_endpoint
@@ -313,14 +305,14 @@ async fn device_flow(
         .request_async(verifier.http(), tokio::time::sleep, None)
         .await
         .map_err(|e| anyhow!("the login was not completed: {}", chain(&e)))?;
-    finish(settings, verifier, &token, None, None).await
+    finish(verifier, &token, None, None).await
 }
 
 async fn browser_flow(
     settings: &Oidc,
     verifier: &Verifier,
     client: Client,
-) -> anyhow::Result<(CachedToken, crate::identity::oidc::Human)> {
+) -> anyhow::Result<(Tokens, crate::identity::oidc::Human)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding a loopback port for the redirect")?;
@@ -385,7 +377,7 @@ async fn browser_flow(
         .request_async(verifier.http())
         .await
         .map_err(|e| anyhow!("exchanging the authorization code: {}", chain(&e)))?;
-    finish(settings, verifier, &token, Some(&nonce), None).await
+    finish(verifier, &token, Some(&nonce), None).await
 }
 
 /// Waits for `GET /callback?...` on `listener`, answers it, returns its
@@ -463,14 +455,13 @@ fn open_browser(url: &str) {
     }
 }
 
-/// Verifies the token response's ID token and makes the cache entry.
+/// Verifies the token response's ID token.
 async fn finish(
-    settings: &Oidc,
     verifier: &Verifier,
     token: &openidconnect::core::CoreTokenResponse,
     nonce: Option<&Nonce>,
     old_refresh: Option<String>,
-) -> anyhow::Result<(CachedToken, crate::identity::oidc::Human)> {
+) -> anyhow::Result<(Tokens, crate::identity::oidc::Human)> {
     let id_token = token
         .extra_fields()
         .id_token()
@@ -487,12 +478,9 @@ async fn finish(
         .map(|r| r.secret().clone())
         .or(old_refresh);
     Ok((
-        CachedToken {
-            issuer: settings.issuer.clone(),
-            client_id: settings.client_id.clone(),
+        Tokens {
             id_token,
             refresh_token,
-            obtained: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         },
         human,
     ))
@@ -501,7 +489,7 @@ async fn finish(
 async fn refresh(
     settings: &Oidc,
     refresh_token: String,
-) -> anyhow::Result<(CachedToken, crate::identity::oidc::Human)> {
+) -> anyhow::Result<(Tokens, crate::identity::oidc::Human)> {
     let verifier = Verifier::new(settings.clone())?;
     let discovery = verifier.discover().await?;
     let client = client(settings, &discovery)?;
@@ -511,7 +499,7 @@ async fn refresh(
         .request_async(verifier.http())
         .await
         .map_err(|e| anyhow!("refresh token refused: {}", chain(&e)))?;
-    finish(settings, &verifier, &token, None, Some(refresh_token)).await
+    finish(&verifier, &token, None, Some(refresh_token)).await
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -522,20 +510,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 // ---------------------------------------------------------------------------
-// the token cache
+// tokens
 
-/// One login. No `Debug`: it holds tokens.
-#[derive(Serialize, Deserialize)]
-struct CachedToken {
-    issuer: String,
-    client_id: String,
+/// What a flow or a refresh yields. No `Debug`: it holds tokens.
+struct Tokens {
     id_token: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     refresh_token: Option<String>,
-    obtained: String,
 }
 
-impl Drop for CachedToken {
+impl Drop for Tokens {
     fn drop(&mut self) {
         self.id_token.zeroize();
         if let Some(r) = self.refresh_token.as_mut() {
@@ -544,79 +527,47 @@ impl Drop for CachedToken {
     }
 }
 
-#[derive(Default, Serialize, Deserialize)]
-struct Cache {
-    #[serde(default)]
-    tokens: Vec<CachedToken>,
+/// For the daemon, which refreshes the logins it holds: a new ID token
+/// (verified) and, if the provider rotated it, a new refresh token.
+pub async fn refresh_tokens(
+    settings: &Oidc,
+    refresh_token: String,
+) -> anyhow::Result<(Secret, Option<Secret>)> {
+    let (tokens, _human) = refresh(settings, refresh_token).await?;
+    Ok((
+        Secret::new(tokens.id_token.as_bytes().to_vec()),
+        tokens
+            .refresh_token
+            .as_ref()
+            .map(|r| Secret::new(r.as_bytes().to_vec())),
+    ))
 }
 
+/// Where earlier versions cached tokens in plain JSON:
 /// `$XDG_CACHE_HOME/cordon/token.json` or `~/.cache/cordon/token.json`.
-pub fn cache_path() -> anyhow::Result<PathBuf> {
+pub fn legacy_cache_path() -> Option<PathBuf> {
     let base = match std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from) {
         Some(dir) if dir.is_absolute() => dir,
         _ => match std::env::var_os("HOME").map(PathBuf::from) {
             Some(home) if home.is_absolute() => home.join(".cache"),
-            _ => bail!("neither XDG_CACHE_HOME nor HOME is set to an absolute path: nowhere to cache the login"),
+            _ => return None,
         },
     };
-    Ok(base.join("cordon").join("token.json"))
+    Some(base.join("cordon").join("token.json"))
 }
 
-impl Cache {
-    /// The cache, or an empty one if there is no file yet.
-    fn load() -> anyhow::Result<Cache> {
-        let path = cache_path()?;
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => Zeroizing::new(t),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Cache::default()),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-    }
-
-    fn find(&self, issuer: &str, client_id: &str) -> Option<&CachedToken> {
-        self.tokens
-            .iter()
-            .find(|t| t.issuer == issuer && t.client_id == client_id)
-    }
-
-    fn put(&mut self, token: CachedToken) {
-        self.tokens
-            .retain(|t| !(t.issuer == token.issuer && t.client_id == token.client_id));
-        self.tokens.push(token);
-    }
-
-    /// Writes the cache: directory 0700, file 0600, replaced atomically.
-    fn store(&self) -> anyhow::Result<PathBuf> {
-        let path = cache_path()?;
-        let dir = path
-            .parent()
-            .ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("making {} private (0700)", dir.display()))?;
-        let text = Zeroizing::new(serde_json::to_string_pretty(self)?);
-        let tmp = dir.join(format!(".token.json.{}", std::process::id()));
-        let _ = fs::remove_file(&tmp);
-        let write = || -> std::io::Result<()> {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
-        };
-        if let Err(e) = write() {
-            let _ = fs::remove_file(&tmp);
-            return Err(e).with_context(|| format!("writing {}", path.display()));
+/// Removes the legacy token file; its path if there was one.
+fn remove_legacy_cache() -> Option<PathBuf> {
+    let path = legacy_cache_path()?;
+    match fs::remove_file(&path) {
+        Ok(()) => Some(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            eprintln!(
+                "cordon: warning: cannot remove the token file {} an earlier Cordon left: {e}; delete it yourself",
+                path.display()
+            );
+            None
         }
-        Ok(path)
     }
 }

@@ -16,8 +16,8 @@
 //! the CLI starts no runtime but a short-lived one to refresh a login)
 //! single-threaded here; it checks.
 //!
-//! With `[identity.oidc]` and a `cordon login` (or `CORDON_ID_TOKEN`), the
-//! join carries the ID token: the daemon records the verified human as the
+//! With `[identity.oidc]` and a `cordon login` (held by the daemon for this
+//! uid) or `CORDON_ID_TOKEN`, the daemon records the verified human as the
 //! one on whose behalf the agent's sessions run.
 
 use std::{ffi::OsString, fs, os::unix::process::CommandExt as _, path::Path, process::Command};
@@ -25,20 +25,13 @@ use std::{ffi::OsString, fs, os::unix::process::CommandExt as _, path::Path, pro
 use anyhow::{bail, Context as _};
 
 use crate::capture::{landlock, seccomp};
-use crate::config::Config;
-use crate::control::{Joined, Request, WireSecret};
-use crate::vault::Secret;
+use crate::control::{Joined, Request};
 
 pub fn run(config: &Path, agent: &str, command: &[OsString]) -> anyhow::Result<()> {
     let Some((program, args)) = command.split_first() else {
         bail!("no command given: use `cordon run --agent NAME -- CMD [ARGS...]`");
     };
-    let cfg = Config::load(config).context("loading config to find the daemon")?;
-    let id_token = if cfg.oidc.is_some() {
-        super::login::current_id_token(&cfg).map(|t| WireSecret(Secret::new(t.into_bytes())))
-    } else {
-        None
-    };
+    let id_token = super::login::presented_token()?;
     let joined: Joined = super::call_typed(
         config,
         &Request::Join {
@@ -46,15 +39,14 @@ pub fn run(config: &Path, agent: &str, command: &[OsString]) -> anyhow::Result<(
             id_token,
         },
     )?;
-    // The agent runs as this uid: if a Cordon login is cached for it, the agent can read it.
-    if let Ok(cache) = super::login::cache_path() {
-        if cache.exists() {
-            eprintln!(
-                "cordon: warning: the agent runs as uid {} and can read the Cordon login cached at {} (ID and refresh tokens); run agents under a dedicated user, not the one you log in as",
-                nix_uid(),
-                cache.display()
-            );
-        }
+    // Earlier versions kept the login in a file this uid (so the agent) can read.
+    if let Some(cache) = super::login::legacy_cache_path().filter(|p| p.exists()) {
+        eprintln!(
+            "cordon: warning: {} holds a login left by an earlier Cordon, and the agent (uid {}) can read it; \
+             `cordon logout` (or `cordon login`) removes it",
+            cache.display(),
+            nix_uid()
+        );
     }
     ensure_single_threaded()?;
     let domain = landlock::restrict_self()

@@ -111,6 +111,15 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id_token: Option<WireSecret>,
     },
+    /// `cordon login`: hold this login (verified here) for the caller's
+    /// uid; later requests without a token act with it (`identity::logins`).
+    LoginHold {
+        id_token: WireSecret,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refresh_token: Option<WireSecret>,
+    },
+    /// `cordon logout`: drop the login held for the caller's uid.
+    Logout,
     /// Cordon's SSH host key and the ssh resources an agent may reach (anyone may ask).
     SshConfig {
         agent: String,
@@ -493,7 +502,10 @@ async fn handle(
                     }
                     Ok(()) => match req {
                         Request::WhoAmI { id_token } => {
-                            whoami(oidc.as_deref(), &caller, id_token).await
+                            humans::whoami(&gw, oidc.as_deref(), &caller, id_token.as_ref()).await
+                        }
+                        req @ (Request::LoginHold { .. } | Request::Logout) => {
+                            humans::login(&gw, oidc.as_deref(), &caller, req).await
                         }
                         Request::Join { agent, id_token } => {
                             humans::join(&gw, oidc.as_deref(), &caller, &agent, id_token.as_ref())
@@ -795,7 +807,9 @@ fn dispatch(gw: &Arc<Gateway>, caller: &Caller, req: Request) -> Response {
         | Request::Deny { .. }
         | Request::GrantsList { .. }
         | Request::GrantsRevoke { .. }
-        | Request::AuditList { .. } => Err(Response::err("not dispatched here")),
+        | Request::AuditList { .. }
+        | Request::LoginHold { .. }
+        | Request::Logout => Err(Response::err("not dispatched here")),
     };
     result.unwrap_or_else(|e| e)
 }
@@ -808,31 +822,6 @@ pub struct WhoAmIReply {
     pub actor: oidc::Actor,
     pub is_admin: bool,
     pub can_approve: bool,
-}
-
-async fn whoami(
-    verifier: Option<&oidc::Verifier>,
-    caller: &Caller,
-    id_token: Option<WireSecret>,
-) -> Response {
-    let token = id_token
-        .as_ref()
-        .map(|t| t.0.expose_str().unwrap_or_default());
-    match oidc::authenticate(verifier, caller.uid, token).await {
-        Ok(actor) => {
-            tracing::debug!(uid = caller.uid, actor = %actor.audit_name(), "control caller identified");
-            reply(&WhoAmIReply {
-                uid: caller.uid,
-                is_admin: actor.is_admin(),
-                can_approve: actor.can_approve(),
-                actor,
-            })
-        }
-        Err(why) => {
-            tracing::info!(uid = caller.uid, %why, "control caller not identified");
-            Response::err(why)
-        }
-    }
 }
 
 fn vault_set(

@@ -3,6 +3,7 @@
 //! nothing the agent says is taken into account. Humans are identified by
 //! OIDC ID tokens: see [`oidc`].
 
+pub mod logins;
 pub mod oidc;
 
 use std::{

@@ -243,6 +243,8 @@ pub struct Gateway {
     pub live: grants::LiveSessions,
     /// Held commands, grant requests and their decisions.
     pub approvals: Arc<crate::approvals::Approvals>,
+    /// Humans' logins, held for their uids (`cordon login`).
+    pub logins: crate::identity::logins::Logins,
 }
 
 /// Binds the proxy on the configured IPv4 address and on `[::1]`, same port,
