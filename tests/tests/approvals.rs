@@ -74,13 +74,30 @@ fn world(policy: &str, resource_extra: &str, approvals: &str, grant: bool) -> Wo
 
 /// [`world`] with these `[[grant]]` tables.
 fn world_with(policy: &str, resource_extra: &str, approvals: &str, grant_table: &str) -> World {
+    world_in(
+        &policies_dir(),
+        policy,
+        resource_extra,
+        approvals,
+        grant_table,
+    )
+}
+
+/// [`world_with`] with policies from `policy_dir`.
+fn world_in(
+    policy_dir: &str,
+    policy: &str,
+    resource_extra: &str,
+    approvals: &str,
+    grant_table: &str,
+) -> World {
     let idp = OidcProvider::start();
     let pg = PgServer::start(PgOptions::plain()).expect("postgres");
     let xdg = tempfile::tempdir().expect("tempdir");
     let notify_log = xdg.path().join("notify.jsonl");
     let mut setup = Setup::new()
         .agent("bot")
-        .daemon_key(&format!("policy_dir = \"{}\"", policies_dir()));
+        .daemon_key(&format!("policy_dir = \"{policy_dir}\""));
     setup.extra = format!(
         "{}\n[approvals]\n{approvals}\nnotify_command = [\"/bin/sh\", \"-c\", \"cat >> {log}; echo >> {log}\"]\n\
          \n[[resource]]\nname = \"shop\"\nprotocol = \"postgres\"\naddress = \"{addr}\"\ncredential = \"shop-db\"\n\
@@ -589,6 +606,87 @@ fn held_statement_approved_runs_once() {
         notes.contains("\"command_hold\"") && notes.contains("t_approved") && notes.contains(&id),
         "notify_command output: {notes}"
     );
+}
+
+#[test]
+fn a_held_prepared_statement_is_shown_with_its_parameters_at_each_execution() {
+    require_root!();
+    require_oidc_provider!();
+    // A policy that holds every DELETE: prepared with a placeholder, the
+    // statement text alone does not say which rows go; the reviewer must
+    // see the bound values, and an approval covers that one execution.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("pg-delete-approval.toml"),
+        "[policy]\nname = \"pg-delete-approval\"\ndefault = \"allow\"\n\n\
+         [[rule]]\nname = \"deletes-need-approval\"\naction = \"approve\"\nkinds = [\"delete\"]\n",
+    )
+    .expect("write policy");
+    let grant =
+        format!("\n[[grant]]\nagent = \"bot\"\nresource = \"shop\"\nexpires = \"{FAR_FUTURE}\"\n");
+    let w = world_in(
+        &dir.path().display().to_string(),
+        "pg-delete-approval",
+        "",
+        "timeout_secs = 20",
+        &grant,
+    );
+    let bob = w.bob.as_str();
+    w.pg.psql_admin(
+        SHOP_DB,
+        &format!(
+            "create table t_params(i int); insert into t_params values (1), (2), (3); \
+                 grant all on t_params to {ROLE_SCRAM}"
+        ),
+    )
+    .expect("psql admin");
+    let rows = || {
+        w.pg.psql_admin(
+            SHOP_DB,
+            "select string_agg(i::text, ',' order by i) from t_params",
+        )
+        .expect("psql admin")
+        .trim()
+        .to_owned()
+    };
+    let prepared_delete = |param: &str| {
+        let mut cmd = w.d.cordon(&["run", "--agent", "bot", "--"]);
+        cmd.args(pg::as_nobody(pg::pgclient_argv(
+            w.pg.addr(),
+            "analyst",
+            SHOP_DB,
+            &["prepared", "delete from t_params where i = $1", param],
+        )));
+        pg::apply_client_env(&mut cmd, &[]);
+        cmd.env_remove("CORDON_ID_TOKEN");
+        Background::spawn(&mut cmd, "agent")
+    };
+
+    let agent = prepared_delete("2");
+    let hold = w.wait_hold(Who::Human(bob), "t_params");
+    let id = hold["id"].as_str().expect("id").to_owned();
+    // tokio-postgres binds the int4 in binary: 2 is 00000002.
+    assert_eq!(
+        hold["command"],
+        "delete from t_params where i = $1\n-- parameters: $1 = '\\x00000002' (binary)",
+        "{hold}"
+    );
+    assert_eq!(rows(), "1,2,3", "held means not run yet");
+    let decided = w.json(Who::Human(bob), &["approve", &id]);
+    assert_eq!(decided["outcome"], "approved");
+    let out = agent.finish(LIMIT);
+    assert!(out.status.success(), "{}\n{}", text(&out), w.d.context());
+    assert_eq!(rows(), "1,3");
+
+    // Another execution (other value) is held again, and denied here.
+    let agent = prepared_delete("3");
+    let hold = w.wait_hold(Who::Human(bob), "00000003");
+    let id = hold["id"].as_str().expect("id").to_owned();
+    w.json(Who::Human(bob), &["deny", &id, "--reason", "keep row 3"]);
+    let out = agent.finish(LIMIT);
+    let t = text(&out);
+    assert!(!out.status.success() && t.contains("keep row 3"), "{t}");
+    assert_eq!(rows(), "1,3");
 }
 
 #[test]

@@ -122,11 +122,14 @@ enum Expect {
 struct Prepared {
     text: Arc<str>,
     rule: Arc<str>,
+    /// The policy's reason, shown to reviewers of its executions.
+    reason: Arc<str>,
     verdict: Action,
     copy_out: Vec<CopyOut>,
     ddl: bool,
-    /// Prepared under an approval (good for one execution), and by whom.
-    approved: Option<String>,
+    /// Its policy decision is `approve`: every execution is held for a
+    /// reviewer, who sees the text with the bound parameters.
+    needs_approval: bool,
 }
 
 /// What to do with one result column.
@@ -197,9 +200,9 @@ pub struct Session {
     agent: String,
     /// The session's cutoff, for statements held for approval: the grant ending ends the wait.
     cutoff: Option<crate::grants::Cutoff>,
-    /// Prepared statements that ran under an approval: an approval covers one execution, so
-    /// executing one of these again is denied until it is prepared (and approved) again.
-    spent: HashSet<String>,
+    /// The parameters bound to each portal, as a reviewer reads them (only
+    /// for portals of statements that need approval).
+    bound: HashMap<String, String>,
 }
 
 /// Why the relay stops.
@@ -257,7 +260,7 @@ impl Session {
             to_upstream: BytesMut::with_capacity(16 * 1024),
             agent,
             cutoff: None,
-            spent: HashSet::new(),
+            bound: HashMap::new(),
         }
     }
 
@@ -447,7 +450,7 @@ impl Session {
                 // fixed query) are parsed once per session.
                 let decision = self.decide_cached(&sql);
                 let mut pending = self.pending(Arc::from(sql.as_str()), &decision);
-                match self.vet(&decision, &sql).await {
+                match self.vet(&decision, &sql, true).await {
                     Ok(approved) => {
                         pending.approved = approved;
                         msg.write_to(&mut self.to_upstream);
@@ -478,23 +481,26 @@ impl Session {
                 // keeps the old one: so does Cordon's map, or a re-Parse could relabel an
                 // approved (or any) statement as something else.
                 let keeps_old = !name.is_empty() && self.prepared.contains_key(&name);
-                match self.vet(&decision, &sql).await {
+                // An `approve` statement is held at each Execute, once its
+                // parameters are bound: a reviewer must see what will run.
+                let needs_approval = decision.action == Action::Approve;
+                match self.vet(&decision, &sql, !needs_approval).await {
                     Ok(_) if keeps_old => {
                         msg.write_to(&mut self.to_upstream);
                         self.expect.push_back(Expect::Parse(None));
                     }
-                    Ok(approved) => {
+                    Ok(_) => {
                         msg.write_to(&mut self.to_upstream);
-                        self.spent.remove(&name);
                         self.prepared.insert(
                             name,
                             Prepared {
                                 text,
                                 rule: Arc::from(decision.rule.as_str()),
+                                reason: Arc::from(decision.reason.as_str()),
                                 verdict: decision.action,
                                 copy_out: copy_targets(&decision),
                                 ddl: is_ddl(&decision),
-                                approved,
+                                needs_approval,
                             },
                         );
                         self.expect.push_back(Expect::Parse(None));
@@ -525,6 +531,12 @@ impl Session {
                     (Ok(p), Ok(s)) => {
                         if self.described.as_deref() == Some(p.as_str()) {
                             self.described = None;
+                        }
+                        self.bound.remove(&p);
+                        if self.prepared.get(&s).is_some_and(|st| st.needs_approval) {
+                            let shown = bound_parameters(&msg)
+                                .map_err(|e| self.protocol_violation(&format!("Bind: {e}")))?;
+                            self.bound.insert(p.clone(), shown);
                         }
                         self.portals.insert(p, s);
                     }
@@ -571,29 +583,25 @@ impl Session {
                 };
                 if let Some(p) = &prepared {
                     pending.copy_out = p.copy_out.iter().cloned().collect();
-                    pending.approved = p.approved.clone();
                 }
-                if let (Some(p), Some(name)) = (&prepared, &stmt) {
-                    if p.approved.is_some() && !self.spent.insert(name.clone()) {
-                        // The approval covered one execution, which has happened.
-                        pending.denial = Some(Denial {
-                            message: format!(
-                                "this statement was approved for one execution under {}, and it has run; prepare it again to ask for another approval",
-                                p.rule
-                            ),
-                            hint: None,
-                        });
-                        pending.approved = None;
-                        self.deny(&pending)?;
-                        let token = self.token.clone();
-                        Builder::new(b'P')
-                            .cstr(b"cordon_denied")
-                            .cstr(token.as_bytes())
-                            .i16(0)
-                            .finish()
-                            .write_to(&mut self.to_upstream);
-                        self.expect.push_back(Expect::Execute(Box::new(pending)));
-                        return Ok(());
+                if let Some(p) = prepared.as_ref().filter(|p| p.needs_approval) {
+                    let params = self.bound.get(&portal).map_or("none", String::as_str);
+                    let command = format!("{}\n-- parameters: {params}", p.text);
+                    match self.ask(&command, &p.rule, &p.reason).await {
+                        Ok(by) => pending.approved = Some(by),
+                        Err(denial) => {
+                            pending.denial = Some(denial);
+                            self.deny(&pending)?;
+                            let token = self.token.clone();
+                            Builder::new(b'P')
+                                .cstr(b"cordon_denied")
+                                .cstr(token.as_bytes())
+                                .i16(0)
+                                .finish()
+                                .write_to(&mut self.to_upstream);
+                            self.expect.push_back(Expect::Execute(Box::new(pending)));
+                            return Ok(());
+                        }
                     }
                 }
                 if self.masker.is_some() && self.described.as_deref() != Some(portal.as_str()) {
@@ -623,6 +631,7 @@ impl Session {
                 if kind == b'S' {
                     self.prepared.remove(&name);
                 } else {
+                    self.bound.remove(&name);
                     self.portals.remove(&name);
                 }
                 msg.write_to(&mut self.to_upstream);
@@ -693,7 +702,15 @@ impl Session {
     ///
     /// An `approve` decision holds the statement until a reviewer decides (the agent's client
     /// simply waits): Ok(Some(reviewer)) when approved.
-    async fn vet(&mut self, decision: &Decision, text: &str) -> Result<Option<String>, Denial> {
+    ///
+    /// `hold_now` false: an `approve` decision is vetted like an allowed one
+    /// and its hold is left to the caller (Parse: each Execute asks).
+    async fn vet(
+        &mut self,
+        decision: &Decision,
+        text: &str,
+        hold_now: bool,
+    ) -> Result<Option<String>, Denial> {
         let mut approved = None;
         match decision.action {
             Action::Allow => {}
@@ -703,85 +720,90 @@ impl Session {
                     hint: None,
                 })
             }
+            Action::Approve if !hold_now => {}
             Action::Approve => {
-                let gw = self.gw.clone();
-                let hold = gw.approvals.hold(crate::approvals::HoldRequest {
-                    session: self.id,
-                    agent: self.agent.clone(),
-                    resource: self.resource.clone(),
-                    protocol: "postgres",
-                    command: text.to_owned(),
-                    rule: decision.rule.clone(),
-                    reason: decision.reason.clone(),
-                });
-                // The grant ending (expiry, revocation) ends the wait; the session then closes.
-                let outcome = match self.cutoff.as_mut() {
-                    Some(cutoff) => tokio::select! {
-                        o = hold => o,
-                        why = cutoff.fired() => crate::approvals::Outcome::Unavailable(why),
-                    },
-                    None => hold.await,
-                };
-                use crate::approvals::Outcome as O;
-                let message = match outcome {
-                    O::Approved { by } => {
-                        approved = Some(by);
-                        String::new()
-                    }
-                    O::Denied { by, reason } => format!(
-                        "{} (held for approval under {}; {by} denied it: {reason})",
-                        decision.reason, decision.rule
-                    ),
-                    O::TimedOut { after } => format!(
-                        "{} (held for approval under {}; no reviewer approved it within {} s)",
-                        decision.reason,
-                        decision.rule,
-                        after.as_secs()
-                    ),
-                    O::Unavailable(why) => format!(
-                        "{} (needs approval under {}, which cannot be asked for: {why})",
-                        decision.reason, decision.rule
-                    ),
-                };
-                if approved.is_none() {
-                    return Err(Denial {
-                        message,
-                        hint: None,
-                    });
-                }
+                approved = Some(self.ask(text, &decision.rule, &decision.reason).await?);
             }
         }
-        if let Some(masker) = &self.masker {
-            for out in decision
-                .statements
-                .iter()
-                .filter_map(|s| s.copy_out.as_ref())
-            {
-                let (format, query) = match out {
-                    CopyOut::Table { format, .. } => (*format, false),
-                    CopyOut::Query { format } => (*format, true),
-                };
-                if format == CopyFormat::Binary {
-                    return Err(Denial {
-                        message: format!(
-                            "policy {}: COPY ... TO STDOUT in binary format cannot be masked; use text or csv",
-                            self.policy.name
-                        ),
-                        hint: None,
-                    });
-                }
-                if query && masker.rules().has_column_rules() {
-                    return Err(Denial {
-                        message: format!(
-                            "policy {}: COPY (query) TO STDOUT cannot be masked by column; copy a table or use SELECT",
-                            self.policy.name
-                        ),
-                        hint: None,
-                    });
-                }
-            }
-        }
+        self.vet_masking(decision)?;
         Ok(approved)
+    }
+
+    /// Holds `command` until a reviewer decides: who approved it, or the
+    /// denial the agent gets.
+    async fn ask(&mut self, command: &str, rule: &str, reason: &str) -> Result<String, Denial> {
+        let gw = self.gw.clone();
+        let hold = gw.approvals.hold(crate::approvals::HoldRequest {
+            session: self.id,
+            agent: self.agent.clone(),
+            resource: self.resource.clone(),
+            protocol: "postgres",
+            command: command.to_owned(),
+            rule: rule.to_owned(),
+            reason: reason.to_owned(),
+        });
+        // The grant ending (expiry, revocation) ends the wait; the session then closes.
+        let outcome = match self.cutoff.as_mut() {
+            Some(cutoff) => tokio::select! {
+                o = hold => o,
+                why = cutoff.fired() => crate::approvals::Outcome::Unavailable(why),
+            },
+            None => hold.await,
+        };
+        use crate::approvals::Outcome as O;
+        let message = match outcome {
+            O::Approved { by } => return Ok(by),
+            O::Denied { by, reason: why } => {
+                format!("{reason} (held for approval under {rule}; {by} denied it: {why})")
+            }
+            O::TimedOut { after } => format!(
+                "{reason} (held for approval under {rule}; no reviewer approved it within {} s)",
+                after.as_secs()
+            ),
+            O::Unavailable(why) => {
+                format!("{reason} (needs approval under {rule}, which cannot be asked for: {why})")
+            }
+        };
+        Err(Denial {
+            message,
+            hint: None,
+        })
+    }
+
+    /// What masking cannot follow is denied.
+    fn vet_masking(&self, decision: &Decision) -> Result<(), Denial> {
+        let Some(masker) = &self.masker else {
+            return Ok(());
+        };
+        for out in decision
+            .statements
+            .iter()
+            .filter_map(|s| s.copy_out.as_ref())
+        {
+            let (format, query) = match out {
+                CopyOut::Table { format, .. } => (*format, false),
+                CopyOut::Query { format } => (*format, true),
+            };
+            if format == CopyFormat::Binary {
+                return Err(Denial {
+                    message: format!(
+                        "policy {}: COPY ... TO STDOUT in binary format cannot be masked; use text or csv",
+                        self.policy.name
+                    ),
+                    hint: None,
+                });
+            }
+            if query && masker.rules().has_column_rules() {
+                return Err(Denial {
+                    message: format!(
+                        "policy {}: COPY (query) TO STDOUT cannot be masked by column; copy a table or use SELECT",
+                        self.policy.name
+                    ),
+                    hint: None,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -1590,6 +1612,63 @@ fn detect_value(masker: &Masker, col: &Column, v: &[u8]) -> Option<Option<Vec<u8
         return Some(None);
     }
     Some(found.map(String::into_bytes))
+}
+
+/// How many characters of one bound parameter a reviewer is shown.
+const SHOWN_PARAMETER: usize = 200;
+
+/// A Bind message's parameters as a reviewer reads them: `$1 = 'text'`
+/// (quoted like SQL literals), `$2 = NULL`, binary values as `\x` hex
+/// marked `(binary)`; long values cut with their full length given.
+fn bound_parameters(msg: &Message) -> Result<String, super::wire::WireError> {
+    let mut r = Reader::new(msg);
+    r.str()?;
+    r.str()?;
+    let nformats = usize::try_from(r.i16()?).unwrap_or(0);
+    let mut formats = Vec::with_capacity(nformats.min(64));
+    for _ in 0..nformats {
+        formats.push(r.i16()?);
+    }
+    let nparams = usize::try_from(r.i16()?).unwrap_or(0);
+    if nparams == 0 {
+        return Ok("none".into());
+    }
+    let mut out = Vec::with_capacity(nparams.min(64));
+    for i in 0..nparams {
+        let format = match formats.len() {
+            0 => 0,
+            1 => formats[0],
+            _ => formats.get(i).copied().unwrap_or(0),
+        };
+        let shown = match r.value()? {
+            None => "NULL".to_owned(),
+            Some(v) if format == 0 => {
+                let text = String::from_utf8_lossy(v);
+                let cut: String = text.chars().take(SHOWN_PARAMETER).collect();
+                let more = if cut.len() < text.len() {
+                    format!(" (cut; {} bytes in all)", v.len())
+                } else {
+                    String::new()
+                };
+                format!("'{}'{more}", cut.replace('\'', "''"))
+            }
+            Some(v) => {
+                let hex: String = v
+                    .iter()
+                    .take(SHOWN_PARAMETER / 2)
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                let more = if v.len() > SHOWN_PARAMETER / 2 {
+                    format!(", cut; {} bytes in all", v.len())
+                } else {
+                    String::new()
+                };
+                format!("'\\x{hex}' (binary{more})")
+            }
+        };
+        out.push(format!("${} = {shown}", i + 1));
+    }
+    Ok(out.join(", "))
 }
 
 #[cfg(test)]
