@@ -1635,10 +1635,10 @@ fn bound_parameters(msg: &Message) -> Result<String, super::wire::WireError> {
     }
     let mut out = Vec::with_capacity(nparams.min(64));
     for i in 0..nparams {
-        let format = match formats.len() {
-            0 => 0,
-            1 => formats[0],
-            _ => formats.get(i).copied().unwrap_or(0),
+        // No codes: all text; one code: for every parameter; else one each.
+        let format = match formats.as_slice() {
+            [one] => *one,
+            many => many.get(i).copied().unwrap_or(0),
         };
         let shown = match r.value()? {
             None => "NULL".to_owned(),
