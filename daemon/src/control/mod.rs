@@ -638,7 +638,13 @@ fn outside_agents(gw: &Gateway, caller: &Caller) -> Result<(), String> {
     let cgroup = capture::cgroup::cgroup2_mount()
         .and_then(|mount| capture::cgroup::of_process(&mount, pid))
         .map_err(|e| {
-            format!("cannot tell which cgroup the calling process (pid {pid}) is in: {e}")
+            // Most often the caller has exited: say so.
+            match caller.process.verify(pid, caller.uid) {
+                Err(gone) => gone,
+                Ok(()) => {
+                    format!("cannot tell which cgroup the calling process (pid {pid}) is in: {e}")
+                }
+            }
         })?;
     if let Some(agent) = gw.identity.agent_containing(&cgroup) {
         return Err(format!(
