@@ -200,9 +200,10 @@ pub struct Session {
     agent: String,
     /// The session's cutoff, for statements held for approval: the grant ending ends the wait.
     cutoff: Option<crate::grants::Cutoff>,
-    /// The parameters bound to each portal, as a reviewer reads them (only
-    /// for portals of statements that need approval).
-    bound: HashMap<String, String>,
+    /// Portals of statements that need approval: the statement as it was
+    /// at Bind (a portal keeps running it even if its name is re-Parsed or
+    /// closed later) and the parameters, as a reviewer reads them.
+    bound: HashMap<String, (Prepared, String)>,
 }
 
 /// Why the relay stops.
@@ -533,10 +534,11 @@ impl Session {
                             self.described = None;
                         }
                         self.bound.remove(&p);
-                        if self.prepared.get(&s).is_some_and(|st| st.needs_approval) {
+                        if let Some(st) = self.prepared.get(&s).filter(|st| st.needs_approval) {
+                            let st = st.clone();
                             let shown = bound_parameters(&msg)
                                 .map_err(|e| self.protocol_violation(&format!("Bind: {e}")))?;
-                            self.bound.insert(p.clone(), shown);
+                            self.bound.insert(p.clone(), (st, shown));
                         }
                         self.portals.insert(p, s);
                     }
@@ -584,8 +586,10 @@ impl Session {
                 if let Some(p) = &prepared {
                     pending.copy_out = p.copy_out.iter().cloned().collect();
                 }
-                if let Some(p) = prepared.as_ref().filter(|p| p.needs_approval) {
-                    let params = self.bound.get(&portal).map_or("none", String::as_str);
+                // What the portal runs is what was bound, whatever the
+                // statement's name means now.
+                if let Some((p, params)) = self.bound.get(&portal).cloned() {
+                    pending.text = p.text.clone();
                     let command = format!("{}\n-- parameters: {params}", p.text);
                     match self.ask(&command, &p.rule, &p.reason).await {
                         Ok(by) => pending.approved = Some(by),
