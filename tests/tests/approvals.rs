@@ -687,6 +687,118 @@ fn a_held_prepared_statement_is_shown_with_its_parameters_at_each_execution() {
     let t = text(&out);
     assert!(!out.status.success() && t.contains("keep row 3"), "{t}");
     assert_eq!(rows(), "1,3");
+
+    // A raw client tries to run the held statement under another's name:
+    // it binds a portal to the DELETE, then replaces the statement the
+    // portal came from (re-Parse of the unnamed statement, or Close and
+    // re-Parse of a named one) with a harmless SELECT before Execute. The
+    // portal still runs the DELETE in PostgreSQL, so it must be held as one.
+    let raw_client = |first: &str, statement: &str, close: bool| {
+        let script = format!(
+            r#"
+import socket, struct
+def msg(tag, body): return tag + struct.pack("!I", len(body) + 4) + body
+def cstr(s): return s.encode() + b"\x00"
+s = socket.create_connection(("{host}", {port}), timeout=60)
+body = struct.pack("!I", 196608) + b"user\x00analyst\x00database\x00{db}\x00\x00"
+s.sendall(struct.pack("!I", len(body) + 4) + body)
+f = s.makefile("rb")
+def until_ready():
+    seen = []
+    while True:
+        head = f.read(5)
+        if len(head) < 5: return seen + ["EOF"]
+        body = f.read(struct.unpack("!I", head[1:])[0] - 4)
+        seen.append(head[:1].decode() + " " + body.decode(errors="replace"))
+        if head[:1] == b"Z": return seen
+until_ready()
+out = msg(b"P", cstr("{statement}") + cstr("{first}") + b"\x00\x00")
+out += msg(b"B", cstr("p") + cstr("{statement}") + b"\x00\x00" + b"\x00\x00" + b"\x00\x00")
+if {close}: out += msg(b"C", b"S" + cstr("{statement}"))
+out += msg(b"P", cstr("{statement}") + cstr("select 1") + b"\x00\x00")
+out += msg(b"E", cstr("p") + struct.pack("!I", 0))
+out += msg(b"S", b"")
+s.sendall(out)
+print(repr(until_ready()))
+"#,
+            host = w.pg.addr().ip(),
+            port = w.pg.addr().port(),
+            db = SHOP_DB,
+            close = if close { "True" } else { "False" },
+        );
+        let mut cmd = w.d.cordon(&["run", "--agent", "bot", "--"]);
+        cmd.args(pg::as_nobody(vec![
+            "/usr/bin/python3".into(),
+            "-c".into(),
+            script,
+        ]));
+        cmd.env_remove("CORDON_ID_TOKEN");
+        Background::spawn(&mut cmd, "raw agent")
+    };
+    let held_text = "delete from t_params where i = 3\n-- parameters: none";
+    // Unnamed statement re-Parsed: held as the DELETE, denied here.
+    let delete = "delete from t_params where i = 3";
+    let agent = raw_client(delete, "", false);
+    let hold = w.wait_hold(Who::Human(bob), "where i = 3");
+    assert_eq!(hold["command"], held_text, "{hold}");
+    let id = hold["id"].as_str().expect("id").to_owned();
+    assert_eq!(rows(), "1,3", "held means not run yet");
+    w.json(Who::Human(bob), &["deny", &id, "--reason", "no swapping"]);
+    let out = agent.finish(LIMIT);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("no swapping") && !t.contains("SELECT 1"), "{t}");
+    assert_eq!(rows(), "1,3");
+    // Named statement closed and re-Parsed: held as the DELETE; once
+    // approved, what runs is exactly what the reviewer saw.
+    let agent = raw_client(delete, "s", true);
+    let hold = w.wait_hold(Who::Human(bob), "where i = 3");
+    assert_eq!(hold["command"], held_text, "{hold}");
+    let id = hold["id"].as_str().expect("id").to_owned();
+    assert_eq!(rows(), "1,3", "held means not run yet");
+    w.json(Who::Human(bob), &["approve", &id]);
+    let out = agent.finish(LIMIT);
+    let t = text(&out);
+    assert!(out.status.success() && t.contains("DELETE 1"), "{t}");
+    assert_eq!(rows(), "1");
+
+    // The same swap on an allowed statement runs unheld, and the session
+    // records what ran (the INSERT), not the SELECT now under the name.
+    let out = raw_client("insert into t_params values (9)", "", false).finish(LIMIT);
+    let t = text(&out);
+    assert!(out.status.success() && t.contains("INSERT 0 1"), "{t}");
+    assert_eq!(rows(), "1,9");
+    let session = w.d.wait_session("the raw INSERT session", |s| {
+        s["protocol"] == "postgres" && !s["ended_at"].is_null()
+    });
+    let shown = w.d.cordon_output(&[
+        "sessions",
+        "show",
+        session["id"].as_str().unwrap_or(""),
+        "--json",
+    ]);
+    let shown: Value = serde_json::from_slice(&shown.stdout).expect("sessions show --json");
+    let texts: Vec<&str> = shown["statements"]
+        .as_array()
+        .expect("statements")
+        .iter()
+        .filter_map(|st| st["text"].as_str())
+        .collect();
+    assert!(
+        texts.contains(&"insert into t_params values (9)") && !texts.contains(&"select 1"),
+        "{}",
+        pretty(&shown)
+    );
+
+    // SQL PREPARE of a statement that needs approval is refused: EXECUTE
+    // would run it with values no reviewer saw.
+    let out = w.agent_output(None, "prepare d(int) as delete from t_params where i = $1");
+    let t = text(&out);
+    assert!(
+        !out.status.success() && t.contains("prepare-needs-approval"),
+        "{t}"
+    );
+    assert_eq!(rows(), "1,9");
 }
 
 #[test]

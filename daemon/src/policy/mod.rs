@@ -436,6 +436,25 @@ impl Policy {
             Some(b) => Verdict::builtin(b),
             None => {
                 let verdict = self.judge(&facts);
+                // SQL EXECUTE runs a prepared statement by name, where no
+                // reviewer could see which statement and values it runs: a
+                // statement that needs approval is prepared through the
+                // protocol (held at each Execute with its parameters) or run
+                // as it is (held once), never prepared with SQL PREPARE.
+                let verdict = if facts.primary == Kind::Prepare && verdict.action == Action::Approve
+                {
+                    Verdict::builtin(Builtin {
+                        rule: "prepare-needs-approval",
+                        reason: format!(
+                            "the prepared statement needs approval (policy rule `{}`), and \
+                             SQL PREPARE would let each EXECUTE run it unreviewed; send the \
+                             statement itself, or prepare it through the protocol",
+                            verdict.rule
+                        ),
+                    })
+                } else {
+                    verdict
+                };
                 // Only worth the walk when the rules would let the statement run; a rule's
                 // deny is as final and names the policy's own reason.
                 match verdict.action {

@@ -1234,6 +1234,11 @@ tables = ["public.*"]
 name = "deletes"
 action = "allow"
 kinds = ["delete"]
+
+[[rule]]
+name = "prepares"
+action = "allow"
+kinds = ["prepare", "execute"]
 "#,
     );
     run_table(
@@ -1314,7 +1319,32 @@ kinds = ["delete"]
             ),
             ("DELETE FROM orders; SELECT pg_sleep(1)", Deny, "t/no-sleep"),
             ("INSERT INTO orders VALUES (1)", Deny, "t/default"),
+            // What SQL PREPARE prepares is decided as if run; one that
+            // needs approval cannot be prepared (EXECUTE would run it unheld).
+            (
+                "PREPARE d AS DELETE FROM orders WHERE id = $1",
+                Allow,
+                "t/prepares",
+            ),
+            (
+                "PREPARE d AS DELETE FROM orders",
+                Deny,
+                "builtin/prepare-needs-approval",
+            ),
+            (
+                "prepare d (int) as delete from orders returning $1",
+                Deny,
+                "builtin/prepare-needs-approval",
+            ),
+            ("EXECUTE d(1)", Allow, "t/prepares"),
         ],
+    );
+    assert!(
+        p.decide("PREPARE d AS DELETE FROM orders")
+            .reason
+            .contains("rule `t/approve-big-delete`"),
+        "{}",
+        p.decide("PREPARE d AS DELETE FROM orders").reason
     );
     assert_eq!(
         p.decide("SELECT * FROM orders, secret.keys").reason,

@@ -132,6 +132,22 @@ struct Prepared {
     needs_approval: bool,
 }
 
+/// A portal as it was bound: PostgreSQL runs the statement the portal was
+/// created from, even if that statement's name is closed or re-Parsed
+/// before Execute, so the snapshot (not the name) decides what is recorded,
+/// masked and held.
+#[derive(Debug, Clone)]
+struct Portal {
+    /// The statement named at Bind; None when Cordon did not see it prepared
+    /// (a cursor, an SQL-level PREPARE, or a name the database rejects).
+    statement: Option<Arc<Prepared>>,
+    /// The name the Bind gave, for the record of an unknown statement.
+    statement_name: String,
+    /// For a statement held at each Execute: its parameters as a reviewer
+    /// reads them.
+    shown: Option<String>,
+}
+
 /// What to do with one result column.
 #[derive(Debug, Clone)]
 enum ColAction {
@@ -183,8 +199,8 @@ pub struct Session {
     seq: u32,
     status: u8,
     expect: VecDeque<Expect>,
-    prepared: HashMap<String, Prepared>,
-    portals: HashMap<String, String>,
+    prepared: HashMap<String, Arc<Prepared>>,
+    portals: HashMap<String, Portal>,
     /// The portal the agent itself described since its last Bind: its
     /// RowDescription will precede the rows, no need to ask for it.
     described: Option<String>,
@@ -200,10 +216,6 @@ pub struct Session {
     agent: String,
     /// The session's cutoff, for statements held for approval: the grant ending ends the wait.
     cutoff: Option<crate::grants::Cutoff>,
-    /// Portals of statements that need approval: the statement as it was
-    /// at Bind (a portal keeps running it even if its name is re-Parsed or
-    /// closed later) and the parameters, as a reviewer reads them.
-    bound: HashMap<String, (Prepared, String)>,
 }
 
 /// Why the relay stops.
@@ -261,7 +273,6 @@ impl Session {
             to_upstream: BytesMut::with_capacity(16 * 1024),
             agent,
             cutoff: None,
-            bound: HashMap::new(),
         }
     }
 
@@ -494,7 +505,7 @@ impl Session {
                         msg.write_to(&mut self.to_upstream);
                         self.prepared.insert(
                             name,
-                            Prepared {
+                            Arc::new(Prepared {
                                 text,
                                 rule: Arc::from(decision.rule.as_str()),
                                 reason: Arc::from(decision.reason.as_str()),
@@ -502,7 +513,7 @@ impl Session {
                                 copy_out: copy_targets(&decision),
                                 ddl: is_ddl(&decision),
                                 needs_approval,
-                            },
+                            }),
                         );
                         self.expect.push_back(Expect::Parse(None));
                     }
@@ -533,14 +544,22 @@ impl Session {
                         if self.described.as_deref() == Some(p.as_str()) {
                             self.described = None;
                         }
-                        self.bound.remove(&p);
-                        if let Some(st) = self.prepared.get(&s).filter(|st| st.needs_approval) {
-                            let st = st.clone();
-                            let shown = bound_parameters(&msg)
-                                .map_err(|e| self.protocol_violation(&format!("Bind: {e}")))?;
-                            self.bound.insert(p.clone(), (st, shown));
-                        }
-                        self.portals.insert(p, s);
+                        let statement = self.prepared.get(&s).cloned();
+                        let shown = match &statement {
+                            Some(st) if st.needs_approval => Some(
+                                bound_parameters(&msg)
+                                    .map_err(|e| self.protocol_violation(&format!("Bind: {e}")))?,
+                            ),
+                            _ => None,
+                        };
+                        self.portals.insert(
+                            p,
+                            Portal {
+                                statement,
+                                statement_name: s,
+                                shown,
+                            },
+                        );
                     }
                     (Err(e), _) | (_, Err(e)) => {
                         return Err(self.protocol_violation(&e.to_string()))
@@ -575,21 +594,23 @@ impl Session {
                     .str()
                     .map_err(|e| self.protocol_violation(&e.to_string()))?
                     .to_owned();
-                let stmt = self.portals.get(&portal).cloned();
-                let prepared = stmt.as_ref().and_then(|s| self.prepared.get(s)).cloned();
-                let mut pending = match &prepared {
-                    Some(p) => self.pending_prepared(p),
-                    // A portal Cordon did not see bound (or of a denied
-                    // statement): the database answers with an error.
-                    None => self.pending_unknown(),
-                };
-                if let Some(p) = &prepared {
-                    pending.copy_out = p.copy_out.iter().cloned().collect();
-                }
                 // What the portal runs is what was bound, whatever the
                 // statement's name means now.
-                if let Some((p, params)) = self.bound.get(&portal).cloned() {
-                    pending.text = p.text.clone();
+                let bound = self.portals.get(&portal).cloned();
+                let mut pending = match &bound {
+                    Some(Portal {
+                        statement: Some(p), ..
+                    }) => self.pending_prepared(p),
+                    // A portal Cordon did not see bound (or of a denied
+                    // statement): the database answers with an error.
+                    _ => self.pending_unknown(&portal, bound.as_ref()),
+                };
+                if let Some(Portal {
+                    statement: Some(p),
+                    shown: Some(params),
+                    ..
+                }) = &bound
+                {
                     let command = format!("{}\n-- parameters: {params}", p.text);
                     match self.ask(&command, &p.rule, &p.reason).await {
                         Ok(by) => pending.approved = Some(by),
@@ -635,7 +656,6 @@ impl Session {
                 if kind == b'S' {
                     self.prepared.remove(&name);
                 } else {
-                    self.bound.remove(&name);
                     self.portals.remove(&name);
                 }
                 msg.write_to(&mut self.to_upstream);
@@ -847,17 +867,30 @@ impl Session {
             error: None,
             denial: None,
             approved: None,
-            copy_out: VecDeque::new(),
+            copy_out: p.copy_out.iter().cloned().collect(),
             ddl: p.ddl,
         }
     }
 
-    fn pending_unknown(&mut self) -> Pending {
+    /// An Execute of a portal Cordon did not see bound to a statement it
+    /// decided: a cursor declared in SQL (its DECLARE was decided), a
+    /// statement prepared with SQL PREPARE (decided; one that needs approval
+    /// cannot be prepared), or a name the database rejects.
+    fn pending_unknown(&mut self, portal: &str, bound: Option<&Portal>) -> Pending {
+        let text = match bound {
+            Some(b) => format!(
+                "<execute of portal {portal:?}, bound to statement {:?}, which was not prepared through the protocol: an SQL PREPARE, or one the database rejects>",
+                b.statement_name
+            ),
+            None => format!(
+                "<execute of portal {portal:?}, not bound through the protocol: a cursor, or one the database rejects>"
+            ),
+        };
         Pending {
             seq: self.next_seq(),
             at: crate::rfc3339(time::OffsetDateTime::now_utc()),
             started: Instant::now(),
-            text: Arc::from("<execute of a portal not bound through cordon: a cursor, or one the database will reject>"),
+            text: Arc::from(text),
             verdict: Action::Allow,
             rule: Arc::from("builtin/unbound-portal"),
             rows: 0,
