@@ -720,6 +720,131 @@ fn direct_dial_to_the_proxy_is_refused_and_recorded() {
     c.finish(|| probe_context(&d, &[&p, &s]));
 }
 
+/// (individual records, refusals they stand for in all) among the deny
+/// records `pick` selects; a summary record stands for its `refusals`.
+fn refusal_totals(sessions: &[Value], pick: impl Fn(&Value) -> bool) -> (u64, u64) {
+    let mut individual = 0;
+    let mut total = 0;
+    for s in sessions
+        .iter()
+        .filter(|s| s["verdict"] == "deny" && pick(s))
+    {
+        match s["refusals"].as_u64() {
+            Some(n) => total += n,
+            None => {
+                individual += 1;
+                total += 1;
+            }
+        }
+    }
+    (individual, total)
+}
+
+#[test]
+fn refusal_floods_are_recorded_up_to_a_burst_then_counted_in_summaries() {
+    require_root!();
+    let echo = EchoServer::v4();
+    let undeclared = EchoServer::v4();
+    let d = Daemon::start(Setup::bot_with_echo(&echo.address()));
+    const AGENT_DIALS: u64 = 200;
+    const DIRECT_DIALS: u64 = 120;
+    // An agent dialing an undeclared destination in a loop.
+    let (host, port) = undeclared
+        .address()
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_owned(), p.to_owned()))
+        .expect("host:port");
+    let script = format!(
+        r#"
+import socket
+refused = 0
+for _ in range({AGENT_DIALS}):
+    try:
+        s = socket.create_connection(("{host}", {port}), timeout=5)
+        s.sendall(b"x")
+        if s.recv(16) == b"": refused += 1
+    except (ConnectionResetError, ConnectionRefusedError, BrokenPipeError):
+        refused += 1
+print(refused)
+"#
+    );
+    let out = d
+        .cordon(&[
+            "run",
+            "--agent",
+            "bot",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            &script,
+        ])
+        .output()
+        .expect("cordon run");
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    // Any local process dialing the proxy port directly, in a loop.
+    let proxy = d.setup.proxy_addr();
+    for _ in 0..DIRECT_DIALS {
+        if let Ok(mut s) = std::net::TcpStream::connect(&proxy) {
+            let _ = std::io::Write::write_all(&mut s, b"x");
+            let _ = std::io::Read::read(&mut s, &mut [0u8; 16]);
+        }
+    }
+
+    let mut c = Checks::new();
+    c.eq(
+        "refused agent dials",
+        said.as_str(),
+        &AGENT_DIALS.to_string(),
+    );
+    c.eq("undeclared listener connections", undeclared.accepted(), 0);
+    // Summaries are written every 5 s: wait until every refusal is counted.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (mut bot, mut direct);
+    loop {
+        let sessions = d.sessions();
+        bot = refusal_totals(&sessions, |s| s["agent"] == "bot");
+        direct = refusal_totals(&sessions, |s| s["agent"].is_null());
+        if (bot.1 >= AGENT_DIALS && direct.1 >= DIRECT_DIALS) || Instant::now() > deadline {
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    c.eq("agent refusals accounted for", bot.1, AGENT_DIALS);
+    c.eq("direct dials accounted for", direct.1, DIRECT_DIALS);
+    // Recorded one by one: a burst of 32, then 1/s (the loops take seconds).
+    c.check(
+        bot.0 >= 32 && bot.0 < 60,
+        format!("{} agent refusals recorded one by one", bot.0),
+    );
+    c.check(
+        direct.0 >= 32 && direct.0 < 60,
+        format!("{} direct dials recorded one by one", direct.0),
+    );
+    let sessions = d.sessions();
+    let summary = sessions
+        .iter()
+        .find(|s| s["agent"] == "bot" && s["refusals"].is_u64())
+        .cloned()
+        .unwrap_or_default();
+    c.check(
+        str_of(&summary, "reason").contains("more refused connections from agent bot")
+            && str_of(&summary, "reason").contains("not a declared resource")
+            && str_of(&summary, "dst").contains(&undeclared.address()),
+        format!("summary record: {}", pretty(&summary)),
+    );
+    // The daemon still serves the agent.
+    let p = d.probe(
+        "bot",
+        As::Nobody,
+        &strs(&tcp_args(&echo.address(), "still here")),
+    );
+    c.check(
+        echoed(&p, "still here"),
+        "the allowed resource after the flood",
+    );
+    c.finish(|| probe_context(&d, &[&summary]));
+}
+
 // ---------------------------------------------------------------------------
 // 15. TCP fast open
 

@@ -352,6 +352,7 @@ fn record_session(audit: &audit::Store, on_behalf_of: Option<&str>) -> SessionId
             end_reason: None,
             on_behalf_of: on_behalf_of.map(str::to_owned),
             grant: None,
+            refusals: None,
         })
         .unwrap();
     id

@@ -148,6 +148,10 @@ pub struct Session {
     /// The just-in-time grant that admitted the session (None: a static grant).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<String>,
+    /// A summary of this many refused connections, over the rate recorded
+    /// one by one (see `proxy::refusals`); None: one connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusals: Option<u64>,
 }
 
 struct Journal {
@@ -455,6 +459,7 @@ mod tests {
             end_reason: None,
             on_behalf_of: None,
             grant: None,
+            refusals: None,
         }
     }
 

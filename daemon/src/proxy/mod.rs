@@ -7,6 +7,7 @@
 //! records why.
 
 pub mod postgres;
+pub mod refusals;
 pub mod splice;
 pub mod ssh;
 pub mod tcp;
@@ -245,6 +246,8 @@ pub struct Gateway {
     pub approvals: Arc<crate::approvals::Approvals>,
     /// Humans' logins, held for their uids (`cordon login`).
     pub logins: crate::identity::logins::Logins,
+    /// Rate limit on refusal records; the rest are counted into summaries.
+    pub refusals: refusals::Refusals,
 }
 
 /// Binds the proxy on the configured IPv4 address and on `[::1]`, same port,
@@ -485,24 +488,54 @@ fn base_record(id: SessionId, started: OffsetDateTime, attested: Option<&Atteste
         end_reason: None,
         on_behalf_of: None,
         grant: None,
+        refusals: None,
     }
 }
 
 /// Records the refusal, then resets the connection.
+/// Over the rate (see [`refusals`]), the record is counted into the next
+/// summary instead of written on its own; the connection is refused alike.
 fn refuse(gw: &Gateway, stream: TcpStream, mut record: Session, reason: String) {
+    reset(stream);
     gw.stats.denied.fetch_add(1, Ordering::Relaxed);
-    info!(reason = %reason, pid = record.pid, uid = record.uid, "connection refused");
     record.verdict = Verdict::Deny;
     record.reason = reason;
+    record.ended_at = Some(record.started_at.clone());
+    record.end_reason = Some("refused by cordon".into());
+    if gw.refusals.admit(&record, std::time::Instant::now()) == refusals::Admit::Counted {
+        return;
+    }
+    info!(reason = %record.reason, pid = record.pid, uid = record.uid, "connection refused");
     if record.pid != 0 && record.exe.is_none() {
         record.exe = identity::exe_of(record.pid);
     }
-    record.ended_at = Some(record.started_at.clone());
-    record.end_reason = Some("refused by cordon".into());
     if let Err(e) = gw.audit.record(&record) {
         warn!(error = %e, "could not record a refused connection");
     }
-    reset(stream);
+}
+
+/// Writes the refusals counted over the rate as summary records, every
+/// [`refusals::SUMMARY_EVERY`] and once more when the daemon stops.
+pub async fn write_refusal_summaries(gw: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(refusals::SUMMARY_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        flush_refusal_summaries(&gw);
+    }
+}
+
+pub fn flush_refusal_summaries(gw: &Gateway) {
+    for summary in gw.refusals.take_summaries(|| gw.audit.next_id()) {
+        info!(
+            count = summary.refusals.unwrap_or(0),
+            agent = summary.agent.as_deref().unwrap_or("-"),
+            "refused connections over the record rate, summarized"
+        );
+        if let Err(e) = gw.audit.record(&summary) {
+            warn!(error = %e, "could not record a summary of refused connections");
+        }
+    }
 }
 
 /// Closes with RST so the agent sees a refused connection, not a clean EOF.
