@@ -112,16 +112,17 @@ fn naive_relay(target: u16) -> Result<u16> {
 }
 
 /// The "floor" reference relay (see `cordon-bench-client floor`), run as
-/// its own process; killed when dropped.
-struct Floor {
+/// its own process; killed when dropped. `mode`: `floor` (one connection at
+/// a time) or `floor-threads` (a thread per connection).
+pub(crate) struct Floor {
     child: std::process::Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Floor {
-    fn start(client_bin: &std::path::Path, target: u16) -> Result<Floor> {
+    pub(crate) fn start(client_bin: &std::path::Path, mode: &str, target: u16) -> Result<Floor> {
         let mut child = Command::new(client_bin)
-            .args(["floor", "127.0.0.1:0", &format!("127.0.0.1:{target}")])
+            .args([mode, "127.0.0.1:0", &format!("127.0.0.1:{target}")])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .context("starting the floor relay")?;
@@ -187,8 +188,8 @@ fn connect() -> Result<()> {
     let (echo, sink) = servers()?;
     let (naive_echo, naive_sink) = (naive_relay(echo)?, naive_relay(sink)?);
     let (floor_echo, floor_sink) = (
-        Floor::start(&client_bin, echo)?,
-        Floor::start(&client_bin, sink)?,
+        Floor::start(&client_bin, "floor", echo)?,
+        Floor::start(&client_bin, "floor", sink)?,
     );
     let config = format!(
         "[[agent]]\nname = \"bench\"\n\n[[resource]]\nname = \"echo\"\nprotocol = \"tcp\"\naddress = \"127.0.0.1:{echo}\"\n\n[[resource]]\nname = \"sink\"\nprotocol = \"tcp\"\naddress = \"127.0.0.1:{sink}\"\n\n[[grant]]\nagent = \"bench\"\nresource = \"echo\"\nexpires = \"{e}\"\n\n[[grant]]\nagent = \"bench\"\nresource = \"sink\"\nexpires = \"{e}\"\n",

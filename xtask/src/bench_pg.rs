@@ -1,7 +1,10 @@
 //! `cargo xtask bench postgres`: pgbench against a throwaway PostgreSQL,
 //! directly and through Cordon (postgres protocol on both sides, vaulted
 //! credential, a policy deciding every statement, masking rules present,
-//! every statement audited), and through pgbouncer when it is installed; all
+//! every statement audited), through the same daemon as a plain byte relay
+//! ("relay"), through the thinnest userspace relay there is ("floor": a
+//! thread per connection, poll + read/write, no checks; what any proxy hop
+//! costs on this machine) and through pgbouncer when it is installed; all
 //! in one run, alternating, reported as ratios against direct.
 //!
 //! Matrix: {select-only, TPC-B-like} x {1, 8 clients} x {simple, extended
@@ -108,7 +111,7 @@ pub fn run() -> Result<()> {
     );
     let secs = bench_secs()?;
     println!("== building cordon (release)");
-    let bin = build(true, &["cordon"])?;
+    let bin = build(true, &["cordon", "cordon-tests"])?;
 
     let pg = Server::start().context("starting the throwaway PostgreSQL")?;
     println!(
@@ -138,6 +141,9 @@ pub fn run() -> Result<()> {
     let daemon = Daemon::start(&bin.join("cordon"), "pgbench", &config)?;
     store_credential(&daemon, &pg.password)?;
 
+    let floor =
+        crate::bench::Floor::start(&bin.join("cordon-bench-client"), "floor-threads", pg.port)?;
+    println!("== floor relay on 127.0.0.1:{}", floor.port);
     let bouncer = match crate::util::which("pgbouncer", &[]) {
         Some(exe) => {
             let b = Bouncer::start(&exe, &pg).context("starting pgbouncer")?;
@@ -152,7 +158,7 @@ pub fn run() -> Result<()> {
     // CORDON_BENCH_PATHS (e.g. `cordon`) keeps only the named paths besides
     // direct, which every ratio needs (profiling one path).
     let wanted = std::env::var("CORDON_BENCH_PATHS").unwrap_or_default();
-    let paths: Vec<Route> = [Route::Direct, Route::Cordon, Route::Relay]
+    let paths: Vec<Route> = [Route::Direct, Route::Cordon, Route::Relay, Route::Floor]
         .into_iter()
         .chain(bouncer.as_ref().map(|_| Route::Bouncer))
         .filter(|r| {
@@ -164,6 +170,7 @@ pub fn run() -> Result<()> {
         pg: &pg,
         daemon: &daemon,
         bouncer: bouncer.as_ref(),
+        floor_port: floor.port,
         secs,
     };
     let cells = Cell::matrix();
@@ -216,6 +223,7 @@ pub fn run() -> Result<()> {
         status.get("sessions").unwrap_or(&Value::Null)
     );
     drop(bouncer);
+    drop(floor);
     drop(daemon);
     drop(pg);
     Ok(())
@@ -343,6 +351,9 @@ enum Route {
     Cordon,
     /// Cordon's byte relay (see [`RELAY_HOST`]).
     Relay,
+    /// The least any userspace proxy hop costs: a thread per connection,
+    /// poll + read/write, nothing else (`cordon-bench-client floor-threads`).
+    Floor,
     Bouncer,
 }
 
@@ -352,6 +363,7 @@ impl Route {
             Route::Direct => "direct",
             Route::Cordon => "cordon",
             Route::Relay => "relay",
+            Route::Floor => "floor",
             Route::Bouncer => "pgbouncer",
         }
     }
@@ -401,6 +413,7 @@ struct Ctx<'a> {
     pg: &'a Server,
     daemon: &'a Daemon,
     bouncer: Option<&'a Bouncer>,
+    floor_port: u16,
     secs: u64,
 }
 
@@ -414,6 +427,7 @@ impl Ctx<'_> {
             // No password: Cordon logs in upstream with the vaulted one.
             Route::Cordon | Route::Relay => (self.daemon.run_as(NAME, &pgbench), self.pg.port),
             Route::Bouncer => (Command::new(&pgbench), self.bouncer.map_or(0, |b| b.port)),
+            Route::Floor => (Command::new(&pgbench), self.floor_port),
         };
         let run = Run {
             cell,
@@ -592,23 +606,22 @@ fn read_latencies(dir: &Path) -> Result<Vec<f64>> {
 }
 
 fn report(results: &[(Cell, Vec<Measurement>)], paths: &[Route], secs: u64) {
-    let bouncer = paths.contains(&Route::Bouncer);
     println!(
         "\nsummary: medians of {ROUNDS} alternating rounds of {secs} s; pgbench -s {SCALE}; \
          cordon with policy `{POLICY}` (default deny, masking rules present, audit on);\n\
-         relay = the same daemon relaying bytes to the same database (`protocol = \"tcp\"`: capture, grant, audit, no SQL work)\n"
+         relay = the same daemon relaying bytes to the same database (`protocol = \"tcp\"`: capture, grant, audit, no SQL work);\n\
+         floor = the least any userspace proxy hop costs (a thread per connection, poll + read/write, no checks)\n"
     );
     let mut head = String::from(
         "| workload | clients | protocol | direct TPS | cordon TPS | cordon/direct | direct p50/p99 ms | added p50 ms | added p99 ms |",
     );
     let mut rule = String::from("|---|---:|---|---:|---:|---:|---:|---:|---:|");
-    let relay = paths.contains(&Route::Relay);
-    if relay {
-        head.push_str(" relay TPS | relay/direct |");
-        rule.push_str("---:|---:|");
-    }
-    if bouncer {
-        head.push_str(" pgbouncer TPS | pgbouncer/direct |");
+    let others: Vec<Route> = [Route::Relay, Route::Floor, Route::Bouncer]
+        .into_iter()
+        .filter(|r| paths.contains(r))
+        .collect();
+    for r in &others {
+        let _ = write!(head, " {0} TPS | {0}/direct |", r.label());
         rule.push_str("---:|---:|");
     }
     head.push_str(" target |");
@@ -634,18 +647,10 @@ fn report(results: &[(Cell, Vec<Measurement>)], paths: &[Route], secs: u64) {
             g.p50_ms - d.p50_ms,
             g.p99_ms - d.p99_ms,
         );
-        if relay {
-            match by(Route::Relay) {
-                Some(r) => {
-                    let _ = write!(row, " {:.0} | {:.3}x |", r.tps, r.tps / d.tps);
-                }
-                None => row.push_str(" - | - |"),
-            }
-        }
-        if bouncer {
-            match by(Route::Bouncer) {
-                Some(b) => {
-                    let _ = write!(row, " {:.0} | {:.3}x |", b.tps, b.tps / d.tps);
+        for r in &others {
+            match by(*r) {
+                Some(x) => {
+                    let _ = write!(row, " {:.0} | {:.3}x |", x.tps, x.tps / d.tps);
                 }
                 None => row.push_str(" - | - |"),
             }
@@ -657,16 +662,20 @@ fn report(results: &[(Cell, Vec<Measurement>)], paths: &[Route], secs: u64) {
                 " >= {TARGET_RATIO:.2}x: {} |",
                 if ok { "met" } else { "MISSED" }
             );
-            verdicts.push((cell.label(), ratio, ok));
+            let floor = by(Route::Floor).map(|f| f.tps / d.tps);
+            verdicts.push((cell.label(), ratio, ok, floor));
         } else {
             row.push_str(" |");
         }
         println!("{row}");
     }
     println!();
-    for (label, ratio, ok) in verdicts {
+    for (label, ratio, ok, floor) in verdicts {
+        let floor = floor.map_or(String::new(), |f| {
+            format!("; the floor relay reached {f:.3}x in the same run")
+        });
         println!(
-            "target {label}: cordon {ratio:.3}x direct TPS (>= {TARGET_RATIO:.2}x): {}",
+            "target {label}: cordon {ratio:.3}x direct TPS (>= {TARGET_RATIO:.2}x): {}{floor}",
             if ok { "met" } else { "MISSED" }
         );
     }

@@ -40,6 +40,7 @@ mod file;
 mod glob;
 mod lex;
 mod masked;
+pub mod shape;
 pub mod ssh;
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,9 @@
 //! benchmark calls "floor": the least a userspace relay can do for a client
 //! that connects one at a time (blocking, one connection at a time, accept,
 //! connect, poll + read/write both ways, no checks, no audit). It prints its
-//! port and serves until killed.
+//! port and serves until killed. `floor-threads LISTEN TARGET` is the same
+//! relay for concurrent clients, one thread per connection (the
+//! `cargo xtask bench postgres` floor).
 
 use std::{
     io::{Read, Write},
@@ -20,10 +22,13 @@ use anyhow::{bail, Result};
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [mode, addr, n] = args.as_slice() else {
-        bail!("usage: cordon-bench-client echo|bulk ADDR N | floor LISTEN TARGET")
+        bail!("usage: cordon-bench-client echo|bulk ADDR N | floor|floor-threads LISTEN TARGET")
     };
     if mode == "floor" {
         return floor(addr, n);
+    }
+    if mode == "floor-threads" {
+        return floor_threads(addr, n);
     }
     let n: u64 = n.parse()?;
     match mode.as_str() {
@@ -86,65 +91,86 @@ fn bulk(addr: &str, n: u64) -> Result<()> {
 
 /// See the module documentation.
 fn floor(listen: &str, target: &str) -> Result<()> {
-    use std::os::fd::AsRawFd as _;
     let listener = std::net::TcpListener::bind(listen)?;
     println!("{}", listener.local_addr()?.port());
     std::io::stdout().flush()?;
     let mut buf = vec![0u8; 256 * 1024];
     for agent in listener.incoming() {
-        let Ok(mut agent) = agent else { continue };
-        let Ok(mut upstream) = TcpStream::connect(target) else {
+        let Ok(agent) = agent else { continue };
+        let Ok(upstream) = TcpStream::connect(target) else {
             continue;
         };
-        let _ = agent.set_nodelay(true);
-        let _ = upstream.set_nodelay(true);
-        let mut open = [true, true];
-        while open.iter().any(|o| *o) {
-            let mut fds = [
-                libc::pollfd {
-                    fd: if open[0] { agent.as_raw_fd() } else { -1 },
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: if open[1] { upstream.as_raw_fd() } else { -1 },
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            // SAFETY: `fds` is a valid array of two pollfd for the call.
-            #[allow(unsafe_code)]
-            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-            if rc < 0 {
-                break;
+        relay_pair(agent, upstream, &mut buf);
+    }
+    Ok(())
+}
+
+/// `floor-threads`: the same relay for concurrent clients (pgbench's
+/// connections), one thread per connection.
+fn floor_threads(listen: &str, target: &str) -> Result<()> {
+    let listener = std::net::TcpListener::bind(listen)?;
+    println!("{}", listener.local_addr()?.port());
+    std::io::stdout().flush()?;
+    for agent in listener.incoming() {
+        let Ok(agent) = agent else { continue };
+        let target = target.to_owned();
+        std::thread::spawn(move || {
+            if let Ok(upstream) = TcpStream::connect(&target) {
+                relay_pair(agent, upstream, &mut vec![0u8; 64 * 1024]);
             }
-            let mut failed = false;
-            for (i, fd) in fds.iter().enumerate() {
-                if fd.revents == 0 {
-                    continue;
-                }
-                let (from, to) = if i == 0 {
-                    (&mut agent, &mut upstream)
-                } else {
-                    (&mut upstream, &mut agent)
-                };
-                match from.read(&mut buf) {
-                    Ok(0) => {
-                        let _ = to.shutdown(Shutdown::Write);
-                        open[i] = false;
-                    }
-                    Ok(k) => {
-                        if to.write_all(buf.get(..k).unwrap_or_default()).is_err() {
-                            failed = true;
-                        }
-                    }
-                    Err(_) => failed = true,
-                }
+        });
+    }
+    Ok(())
+}
+
+/// poll + read/write both ways until both sides are done (or one fails).
+fn relay_pair(mut agent: TcpStream, mut upstream: TcpStream, buf: &mut [u8]) {
+    use std::os::fd::AsRawFd as _;
+    let _ = agent.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let mut open = [true, true];
+    while open.iter().any(|o| *o) {
+        let mut fds = [
+            libc::pollfd {
+                fd: if open[0] { agent.as_raw_fd() } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if open[1] { upstream.as_raw_fd() } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd for the call.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc < 0 {
+            return;
+        }
+        for (i, fd) in fds.iter().enumerate() {
+            if fd.revents == 0 {
+                continue;
             }
-            if failed {
-                break;
+            let (from, to) = if i == 0 {
+                (&mut agent, &mut upstream)
+            } else {
+                (&mut upstream, &mut agent)
+            };
+            match from.read(buf) {
+                Ok(0) => {
+                    let _ = to.shutdown(Shutdown::Write);
+                    if let Some(o) = open.get_mut(i) {
+                        *o = false;
+                    }
+                }
+                Ok(k) => {
+                    if to.write_all(buf.get(..k).unwrap_or_default()).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
             }
         }
     }
-    Ok(())
 }

@@ -206,6 +206,9 @@ pub struct Session {
     described: Option<String>,
     decisions: HashMap<Box<str>, Arc<Decision>>,
     seen_once: HashSet<u64>,
+    /// Allowed decisions by statement shape (numbers as `?`).
+    shapes: HashMap<Box<str>, Arc<Decision>>,
+    shape_buf: String,
     plan: Option<Arc<Plan>>,
     /// The last RowDescription and its plan: the same query shape answers
     /// with the same bytes, so the plan is built once, not per statement.
@@ -266,6 +269,8 @@ impl Session {
             described: None,
             decisions: HashMap::new(),
             seen_once: HashSet::new(),
+            shapes: HashMap::new(),
+            shape_buf: String::new(),
             plan: None,
             last_plan: None,
             copy: None,
@@ -701,7 +706,28 @@ impl Session {
         if let Some(d) = self.decisions.get(sql) {
             return d.clone();
         }
+        // The same statement with other numbers: decided once (see
+        // `policy::shape` for why that is sound). Allowed ones only, so a
+        // denial's reason always speaks of the text that was denied.
+        let mut shape = std::mem::take(&mut self.shape_buf);
+        let shaped = crate::policy::shape::shape(sql, &mut shape) && shape != sql;
+        if shaped {
+            if let Some(d) = self.shapes.get(shape.as_str()) {
+                let d = d.clone();
+                self.shape_buf = shape;
+                return d;
+            }
+        }
         let d = Arc::new(self.policy.decide(sql));
+        if shaped && d.action == Action::Allow {
+            if self.shapes.len() >= DECISION_CACHE {
+                self.shapes.clear();
+            }
+            self.shapes.insert(Box::from(shape.as_str()), d.clone());
+            self.shape_buf = shape;
+            return d;
+        }
+        self.shape_buf = shape;
         if sql.len() > MAX_CACHED_TEXT {
             return d;
         }
