@@ -12,6 +12,7 @@
 //! 4. end record.
 
 pub mod catalog;
+pub mod params;
 pub mod relay;
 pub mod upstream;
 pub mod wire;

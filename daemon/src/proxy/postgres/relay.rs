@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::{
     catalog::{self, Catalog, TableColumns},
+    params,
     upstream::{self, Stream},
     wire::{self, Builder, Message, Reader, Severity},
 };
@@ -111,6 +112,9 @@ enum Expect {
     /// did not ask and does not see the answer.
     Describe {
         swallow: bool,
+        /// A Describe of this statement: its ParameterDescription answer
+        /// gives the statement's parameter types.
+        statement: Option<Arc<Prepared>>,
     },
     Execute(Box<Pending>),
     Close,
@@ -130,6 +134,18 @@ struct Prepared {
     /// Its policy decision is `approve`: every execution is held for a
     /// reviewer, who sees the text with the bound parameters.
     needs_approval: bool,
+    /// Parameter types the Parse message declared (0: unspecified).
+    declared: Vec<u32>,
+    /// Parameter types from the database's answer to a Describe of this
+    /// statement (set once, on this statement whatever its name means later).
+    described: std::sync::OnceLock<Vec<u32>>,
+}
+
+impl Prepared {
+    /// The parameter types as far as known, for showing bound values.
+    fn param_types(&self) -> &[u32] {
+        self.described.get().unwrap_or(&self.declared)
+    }
 }
 
 /// A portal as it was bound: PostgreSQL runs the statement the portal was
@@ -481,13 +497,14 @@ impl Session {
                 self.expect.push_back(Expect::Query(Box::new(pending)));
             }
             b'P' => {
-                let (name, sql) = {
+                let (name, sql, declared) = {
                     let mut r = Reader::new(&msg);
                     let name = r.str().map(str::to_owned);
                     let sql = r.str().map(str::to_owned);
-                    match (name, sql) {
-                        (Ok(n), Ok(s)) => (n, s),
-                        (Err(e), _) | (_, Err(e)) => {
+                    let declared = params::declared(&mut r);
+                    match (name, sql, declared) {
+                        (Ok(n), Ok(s), Ok(d)) => (n, s, d),
+                        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                             return Err(self.protocol_violation(&e.to_string()))
                         }
                     }
@@ -518,6 +535,8 @@ impl Session {
                                 copy_out: copy_targets(&decision),
                                 ddl: is_ddl(&decision),
                                 needs_approval,
+                                declared,
+                                described: std::sync::OnceLock::new(),
                             }),
                         );
                         self.expect.push_back(Expect::Parse(None));
@@ -552,7 +571,7 @@ impl Session {
                         let statement = self.prepared.get(&s).cloned();
                         let shown = match &statement {
                             Some(st) if st.needs_approval => Some(
-                                bound_parameters(&msg)
+                                params::shown(&msg, st.param_types())
                                     .map_err(|e| self.protocol_violation(&format!("Bind: {e}")))?,
                             ),
                             _ => None,
@@ -581,18 +600,23 @@ impl Session {
                 if !matches!(kind, b'S' | b'P') {
                     return Err(self.protocol_violation("Describe of neither 'S' nor 'P'"));
                 }
+                let name = r
+                    .str()
+                    .map_err(|e| self.protocol_violation(&e.to_string()))?;
+                let mut statement = None;
                 if kind == b'P' {
-                    let name = r
-                        .str()
-                        .map_err(|e| self.protocol_violation(&e.to_string()))?;
                     self.described = Some(name.to_owned());
                 } else {
                     // A statement's description (formats unknown) would be
                     // the last one before the rows: describe the portal.
                     self.described = None;
+                    statement = self.prepared.get(name).cloned();
                 }
                 msg.write_to(&mut self.to_upstream);
-                self.expect.push_back(Expect::Describe { swallow: false });
+                self.expect.push_back(Expect::Describe {
+                    swallow: false,
+                    statement,
+                });
             }
             b'E' => {
                 let portal = Reader::new(&msg)
@@ -644,7 +668,10 @@ impl Session {
                         .finish()
                         .write_to(&mut out);
                     self.to_upstream.extend_from_slice(&out);
-                    self.expect.push_back(Expect::Describe { swallow: true });
+                    self.expect.push_back(Expect::Describe {
+                        swallow: true,
+                        statement: None,
+                    });
                 }
                 msg.write_to(&mut self.to_upstream);
                 self.expect.push_back(Expect::Execute(Box::new(pending)));
@@ -1039,7 +1066,20 @@ impl Session {
                 }
                 msg.write_to(&mut self.to_agent);
             }
-            b't' => msg.write_to(&mut self.to_agent),
+            b't' => {
+                // The answer to a Describe of a statement: its parameter
+                // types, kept on that statement for showing bound values.
+                if let Some(Expect::Describe {
+                    statement: Some(st),
+                    ..
+                }) = self.expect.front()
+                {
+                    if let Some(types) = params::described(&msg) {
+                        let _ = st.described.set(types);
+                    }
+                }
+                msg.write_to(&mut self.to_agent);
+            }
             b'C' => {
                 let rows = command_rows(&msg);
                 match self.expect.front_mut() {
@@ -1675,63 +1715,6 @@ fn detect_value(masker: &Masker, col: &Column, v: &[u8]) -> Option<Option<Vec<u8
         return Some(None);
     }
     Some(found.map(String::into_bytes))
-}
-
-/// How many characters of one bound parameter a reviewer is shown.
-const SHOWN_PARAMETER: usize = 200;
-
-/// A Bind message's parameters as a reviewer reads them: `$1 = 'text'`
-/// (quoted like SQL literals), `$2 = NULL`, binary values as `\x` hex
-/// marked `(binary)`; long values cut with their full length given.
-fn bound_parameters(msg: &Message) -> Result<String, super::wire::WireError> {
-    let mut r = Reader::new(msg);
-    r.str()?;
-    r.str()?;
-    let nformats = usize::try_from(r.i16()?).unwrap_or(0);
-    let mut formats = Vec::with_capacity(nformats.min(64));
-    for _ in 0..nformats {
-        formats.push(r.i16()?);
-    }
-    let nparams = usize::try_from(r.i16()?).unwrap_or(0);
-    if nparams == 0 {
-        return Ok("none".into());
-    }
-    let mut out = Vec::with_capacity(nparams.min(64));
-    for i in 0..nparams {
-        // No codes: all text; one code: for every parameter; else one each.
-        let format = match formats.as_slice() {
-            [one] => *one,
-            many => many.get(i).copied().unwrap_or(0),
-        };
-        let shown = match r.value()? {
-            None => "NULL".to_owned(),
-            Some(v) if format == 0 => {
-                let text = String::from_utf8_lossy(v);
-                let cut: String = text.chars().take(SHOWN_PARAMETER).collect();
-                let more = if cut.len() < text.len() {
-                    format!(" (cut; {} bytes in all)", v.len())
-                } else {
-                    String::new()
-                };
-                format!("'{}'{more}", cut.replace('\'', "''"))
-            }
-            Some(v) => {
-                let hex: String = v
-                    .iter()
-                    .take(SHOWN_PARAMETER / 2)
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
-                let more = if v.len() > SHOWN_PARAMETER / 2 {
-                    format!(", cut; {} bytes in all", v.len())
-                } else {
-                    String::new()
-                };
-                format!("'\\x{hex}' (binary{more})")
-            }
-        };
-        out.push(format!("${} = {shown}", i + 1));
-    }
-    Ok(out.join(", "))
 }
 
 #[cfg(test)]
