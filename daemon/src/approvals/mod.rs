@@ -210,7 +210,29 @@ pub struct Approvals {
     launchers: launchers::Launchers,
     notifier: notify::Notifier,
     last_lapse_scan: Mutex<Option<OffsetDateTime>>,
+    /// Failed authentications on the control socket (any local uid can
+    /// cause them at will), rate limited per uid (see `audit::ratelimit`).
+    auth_failures: Mutex<HashMap<u32, AuthFailures>>,
 }
+
+#[derive(Debug)]
+struct AuthFailures {
+    bucket: crate::audit::ratelimit::Bucket,
+    counted: Option<CountedFailures>,
+}
+
+/// Failed authentications over the rate, for the next summary event.
+#[derive(Debug)]
+struct CountedFailures {
+    count: u64,
+    first_at: String,
+    last_at: String,
+    ops: std::collections::BTreeMap<String, u64>,
+    last_why: String,
+}
+
+/// The uid failures of uids beyond `ratelimit::MAX_SOURCES` are counted under.
+const OTHER_UIDS: u32 = u32::MAX;
 
 fn now_micros() -> u64 {
     SystemTime::now()
@@ -248,6 +270,7 @@ impl Approvals {
             last_hold: AtomicU64::new(0),
             launchers: launchers::Launchers::default(),
             last_lapse_scan: Mutex::new(None),
+            auth_failures: Mutex::new(HashMap::new()),
         })
     }
 
@@ -327,11 +350,85 @@ impl Approvals {
 
     /// A caller who could not be authenticated (the reason never holds the
     /// token).
+    ///
+    /// Per uid, a burst is recorded one by one, then 1/s; the rest are
+    /// counted into a summary event ([`Approvals::flush_auth_failures`]).
     pub fn auth_failed(&self, uid: u32, op: &str, why: &str) {
-        self.events.record_or_log(
-            NewEvent::new(format!("uid:{uid}"), EventKind::AuthFailed, op)
-                .details(json!({ "op": op, "why": why })),
-        );
+        use crate::audit::ratelimit::{Bucket, MAX_SOURCES};
+        let now = std::time::Instant::now();
+        let record = match self.auth_failures.lock() {
+            Err(_) => true,
+            Ok(mut all) => {
+                let key = if !all.contains_key(&uid) && all.len() >= MAX_SOURCES {
+                    OTHER_UIDS
+                } else {
+                    uid
+                };
+                let entry = all.entry(key).or_insert_with(|| AuthFailures {
+                    bucket: Bucket::new(now),
+                    counted: None,
+                });
+                if entry.bucket.take(now) {
+                    true
+                } else {
+                    let at = crate::rfc3339(OffsetDateTime::now_utc());
+                    let c = entry.counted.get_or_insert_with(|| CountedFailures {
+                        count: 0,
+                        first_at: at.clone(),
+                        last_at: at.clone(),
+                        ops: Default::default(),
+                        last_why: String::new(),
+                    });
+                    c.count += 1;
+                    c.last_at = at;
+                    if c.ops.len() < 32 || c.ops.contains_key(op) {
+                        *c.ops.entry(op.to_owned()).or_default() += 1;
+                    }
+                    why.clone_into(&mut c.last_why);
+                    false
+                }
+            }
+        };
+        if record {
+            self.events.record_or_log(
+                NewEvent::new(format!("uid:{uid}"), EventKind::AuthFailed, op)
+                    .details(json!({ "op": op, "why": why })),
+            );
+        }
+    }
+
+    /// Writes the failed authentications counted over the rate as one
+    /// `auth_failed` event per uid (target `summary`, `count` in details).
+    pub fn flush_auth_failures(&self) {
+        use crate::audit::ratelimit::{BURST, PER_SECOND};
+        let counted: Vec<(u32, CountedFailures)> = match self.auth_failures.lock() {
+            Ok(mut all) => all
+                .iter_mut()
+                .filter_map(|(uid, f)| f.counted.take().map(|c| (*uid, c)))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for (uid, c) in counted {
+            let who = if uid == OTHER_UIDS {
+                "other uids".to_owned()
+            } else {
+                format!("uid:{uid}")
+            };
+            self.events.record_or_log(
+                NewEvent::new(who.clone(), EventKind::AuthFailed, "summary").details(json!({
+                    "op": "summary",
+                    "count": c.count,
+                    "first_at": c.first_at,
+                    "last_at": c.last_at,
+                    "ops": c.ops,
+                    "why": format!(
+                        "{} more failed authentications by {who} between {} and {}, over the rate \
+                         recorded one by one ({BURST} at once, then {PER_SECOND}/s); the last: {}",
+                        c.count, c.first_at, c.last_at, c.last_why
+                    ),
+                })),
+            );
+        }
     }
 
     // -----------------------------------------------------------------------

@@ -505,3 +505,51 @@ async fn a_hold_times_out_or_is_abandoned() {
         .approve(&Actor::LocalRoot { uid: 0 }, &view.id)
         .is_err());
 }
+
+#[test]
+fn failed_authentications_are_recorded_up_to_a_burst_then_summarized_per_uid() {
+    use crate::audit::ratelimit::BURST;
+    let h = hub("");
+    for _ in 0..100 {
+        h.hub.auth_failed(1000, "whoami", "no login for uid 1000");
+    }
+    h.hub.auth_failed(1001, "approve", "no login for uid 1001");
+    h.hub.flush_auth_failures();
+    let all = h
+        .hub
+        .events()
+        .list(&Filter {
+            limit: 1000,
+            target: None,
+        })
+        .unwrap();
+    let of = |who: &str, target: &str| {
+        all.iter()
+            .filter(|e| e.what == EventKind::AuthFailed && e.who == who && e.target == target)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of("uid:1000", "whoami").len(), BURST as usize);
+    assert_eq!(of("uid:1001", "approve").len(), 1);
+    let summary = of("uid:1000", "summary");
+    assert_eq!(summary.len(), 1, "{all:?}");
+    let d = &summary[0].details;
+    assert_eq!(d["count"], 100 - u64::from(BURST));
+    assert_eq!(d["ops"]["whoami"], 100 - u64::from(BURST));
+    let why = d["why"].as_str().unwrap_or("");
+    assert!(
+        why.starts_with("68 more failed authentications by uid:1000")
+            && why.ends_with("no login for uid 1000"),
+        "{why}"
+    );
+    // Nothing more to summarize.
+    h.hub.flush_auth_failures();
+    let again = h
+        .hub
+        .events()
+        .list(&Filter {
+            limit: 1000,
+            target: Some("summary".into()),
+        })
+        .unwrap();
+    assert_eq!(again.len(), 1);
+}

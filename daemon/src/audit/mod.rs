@@ -10,6 +10,7 @@
 //! most the last checkpoint interval.
 
 pub mod events;
+pub mod ratelimit;
 pub mod recording;
 pub mod statements;
 

@@ -12,22 +12,18 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Mutex,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
-use crate::audit::{Session, Verdict};
+use crate::audit::{
+    ratelimit::{Bucket, BURST, MAX_SOURCES, PER_SECOND},
+    Session, Verdict,
+};
 
-/// Refusals recorded one by one in a burst, per source.
-pub const BURST: u32 = 32;
-/// Then this many per second, per source.
-pub const PER_SECOND: u32 = 1;
-/// How often the counted rest is written as summary records.
-pub const SUMMARY_EVERY: Duration = Duration::from_secs(5);
+pub use crate::audit::ratelimit::SUMMARY_EVERY;
+
 /// Destinations named in a summary; the others are counted together.
 const NAMED_DESTINATIONS: usize = 8;
-/// Sources tracked at most (agents from config, plus the unattested and
-/// unknown ones): beyond it, refusals of new sources are recorded.
-const MAX_SOURCES: usize = 4096;
 
 /// What to do with one refusal.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,8 +36,7 @@ pub enum Admit {
 
 #[derive(Debug)]
 struct Source {
-    tokens: f64,
-    refilled: Instant,
+    bucket: Bucket,
     pending: Option<Summary>,
 }
 
@@ -78,20 +73,15 @@ impl Refusals {
         let Ok(mut sources) = self.sources.lock() else {
             return Admit::Record;
         };
-        let key = source_of(record);
+        let mut key = source_of(record);
         if !sources.contains_key(&key) && sources.len() >= MAX_SOURCES {
-            return Admit::Record;
+            key = "other sources".to_owned();
         }
         let source = sources.entry(key).or_insert_with(|| Source {
-            tokens: f64::from(BURST),
-            refilled: now,
+            bucket: Bucket::new(now),
             pending: None,
         });
-        let elapsed = now.saturating_duration_since(source.refilled).as_secs_f64();
-        source.tokens = (source.tokens + elapsed * f64::from(PER_SECOND)).min(f64::from(BURST));
-        source.refilled = now;
-        if source.tokens >= 1.0 {
-            source.tokens -= 1.0;
+        if source.bucket.take(now) {
             return Admit::Record;
         }
         let summary = source.pending.get_or_insert_with(|| Summary {
@@ -176,6 +166,7 @@ impl Summary {
 mod tests {
     use super::*;
     use crate::audit::SessionId;
+    use std::time::Duration;
 
     fn refusal(agent: Option<&str>, dst: &str, at: &str) -> Session {
         Session {
