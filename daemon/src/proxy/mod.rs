@@ -496,22 +496,22 @@ fn base_record(id: SessionId, started: OffsetDateTime, attested: Option<&Atteste
 /// Over the rate (see [`refusals`]), the record is counted into the next
 /// summary instead of written on its own; the connection is refused alike.
 fn refuse(gw: &Gateway, stream: TcpStream, mut record: Session, reason: String) {
-    reset(stream);
     gw.stats.denied.fetch_add(1, Ordering::Relaxed);
     record.verdict = Verdict::Deny;
     record.reason = reason;
     record.ended_at = Some(record.started_at.clone());
     record.end_reason = Some("refused by cordon".into());
-    if gw.refusals.admit(&record, std::time::Instant::now()) == refusals::Admit::Counted {
-        return;
+    // Recorded (or counted) before the agent learns of the refusal.
+    if gw.refusals.admit(&record, std::time::Instant::now()) == refusals::Admit::Record {
+        info!(reason = %record.reason, pid = record.pid, uid = record.uid, "connection refused");
+        if record.pid != 0 && record.exe.is_none() {
+            record.exe = identity::exe_of(record.pid);
+        }
+        if let Err(e) = gw.audit.record(&record) {
+            warn!(error = %e, "could not record a refused connection");
+        }
     }
-    info!(reason = %record.reason, pid = record.pid, uid = record.uid, "connection refused");
-    if record.pid != 0 && record.exe.is_none() {
-        record.exe = identity::exe_of(record.pid);
-    }
-    if let Err(e) = gw.audit.record(&record) {
-        warn!(error = %e, "could not record a refused connection");
-    }
+    reset(stream);
 }
 
 /// Writes the refusals (and failed control-socket authentications) counted
