@@ -693,10 +693,12 @@ fn a_held_prepared_statement_is_shown_with_its_parameters_at_each_execution() {
     // portal came from (re-Parse of the unnamed statement, or Close and
     // re-Parse of a named one) with a harmless SELECT before Execute. The
     // portal still runs the DELETE in PostgreSQL, so it must be held as one.
-    let raw_client = |first: &str, statement: &str, close: bool| {
+    // `actions`: Python run after start-up, with msg(), cstr(), the socket
+    // `s` and until_ready() (the messages up to the next ReadyForQuery).
+    let raw_agent = |actions: &str| {
         let script = format!(
             r#"
-import socket, struct
+import socket, struct, time
 def msg(tag, body): return tag + struct.pack("!I", len(body) + 4) + body
 def cstr(s): return s.encode() + b"\x00"
 s = socket.create_connection(("{host}", {port}), timeout=60)
@@ -712,19 +714,11 @@ def until_ready():
         seen.append(head[:1].decode() + " " + body.decode(errors="replace"))
         if head[:1] == b"Z": return seen
 until_ready()
-out = msg(b"P", cstr("{statement}") + cstr("{first}") + b"\x00\x00")
-out += msg(b"B", cstr("p") + cstr("{statement}") + b"\x00\x00" + b"\x00\x00" + b"\x00\x00")
-if {close}: out += msg(b"C", b"S" + cstr("{statement}"))
-out += msg(b"P", cstr("{statement}") + cstr("select 1") + b"\x00\x00")
-out += msg(b"E", cstr("p") + struct.pack("!I", 0))
-out += msg(b"S", b"")
-s.sendall(out)
-print(repr(until_ready()))
+{actions}
 "#,
             host = w.pg.addr().ip(),
             port = w.pg.addr().port(),
             db = SHOP_DB,
-            close = if close { "True" } else { "False" },
         );
         let mut cmd = w.d.cordon(&["run", "--agent", "bot", "--"]);
         cmd.args(pg::as_nobody(vec![
@@ -734,6 +728,23 @@ print(repr(until_ready()))
         ]));
         cmd.env_remove("CORDON_ID_TOKEN");
         Background::spawn(&mut cmd, "raw agent")
+    };
+    // Bind a portal to `first`, replace the statement (optionally closing
+    // it first) with a SELECT, then Execute the portal.
+    let raw_client = |first: &str, statement: &str, close: bool| {
+        raw_agent(&format!(
+            r#"
+out = msg(b"P", cstr("{statement}") + cstr("{first}") + b"\x00\x00")
+out += msg(b"B", cstr("p") + cstr("{statement}") + b"\x00\x00" + b"\x00\x00" + b"\x00\x00")
+if {close}: out += msg(b"C", b"S" + cstr("{statement}"))
+out += msg(b"P", cstr("{statement}") + cstr("select 1") + b"\x00\x00")
+out += msg(b"E", cstr("p") + struct.pack("!I", 0))
+out += msg(b"S", b"")
+s.sendall(out)
+print(repr(until_ready()))
+"#,
+            close = if close { "True" } else { "False" },
+        ))
     };
     let held_text = "delete from t_params where i = 3\n-- parameters: none";
     // Unnamed statement re-Parsed: held as the DELETE, denied here.
@@ -798,6 +809,32 @@ print(repr(until_ready()))
         !out.status.success() && t.contains("prepare-needs-approval"),
         "{t}"
     );
+    assert_eq!(rows(), "1,9");
+
+    // A Bind pipelined after a Sync belongs to the next transaction: when
+    // the first Sync's answer ends the transaction it must not be forgotten
+    // (an unknown portal's Execute would not be held).
+    let agent = raw_agent(
+        r#"
+s.sendall(msg(b"P", cstr("") + cstr("delete from t_params where i = 9") + b"\x00\x00")
+          + msg(b"S", b"")
+          + msg(b"B", cstr("p") + cstr("") + b"\x00\x00" * 3))
+print(repr(until_ready()))
+time.sleep(0.5)
+s.sendall(msg(b"E", cstr("p") + struct.pack("!I", 0)) + msg(b"S", b""))
+print(repr(until_ready()))
+"#,
+    );
+    let hold = w.wait_hold(Who::Human(bob), "where i = 9");
+    assert_eq!(
+        hold["command"], "delete from t_params where i = 9\n-- parameters: none",
+        "{hold}"
+    );
+    let id = hold["id"].as_str().expect("id").to_owned();
+    w.json(Who::Human(bob), &["deny", &id, "--reason", "not row 9"]);
+    let out = agent.finish(LIMIT);
+    let t = text(&out);
+    assert!(out.status.success() && t.contains("not row 9"), "{t}");
     assert_eq!(rows(), "1,9");
 }
 

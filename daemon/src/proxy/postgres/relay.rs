@@ -54,6 +54,11 @@ const MAX_CACHED_TEXT: usize = 2048;
 /// simple protocol) do not churn the cache with copies nobody reads again.
 const SEEN_ONCE: usize = 4096;
 
+/// Named prepared statements, and portals, one session may hold at once:
+/// the daemon serves every agent, so one session must not grow its maps
+/// without end. Drivers' statement caches stay far below (hundreds).
+const MAX_NAMED: usize = 65_536;
+
 pub struct Setup {
     pub gw: Arc<Gateway>,
     pub session: SessionId,
@@ -162,6 +167,10 @@ struct Portal {
     /// For a statement held at each Execute: its parameters as a reviewer
     /// reads them.
     shown: Option<String>,
+    /// Syncs and queries sent before the Bind: once the database has
+    /// answered a later one outside a transaction block, the portal is gone
+    /// there (portals last until the end of their transaction).
+    generation: u64,
 }
 
 /// What to do with one result column.
@@ -235,6 +244,10 @@ pub struct Session {
     agent: String,
     /// The session's cutoff, for statements held for approval: the grant ending ends the wait.
     cutoff: Option<crate::grants::Cutoff>,
+    /// Syncs and simple queries sent upstream, and those answered
+    /// (ReadyForQuery): the generations of [`Portal`].
+    syncs_sent: u64,
+    syncs_answered: u64,
 }
 
 /// Why the relay stops.
@@ -294,6 +307,8 @@ impl Session {
             to_upstream: BytesMut::with_capacity(16 * 1024),
             agent,
             cutoff: None,
+            syncs_sent: 0,
+            syncs_answered: 0,
         }
     }
 
@@ -494,6 +509,7 @@ impl Session {
                         self.inject_query();
                     }
                 }
+                self.syncs_sent += 1;
                 self.expect.push_back(Expect::Query(Box::new(pending)));
             }
             b'P' => {
@@ -524,6 +540,11 @@ impl Session {
                         self.expect.push_back(Expect::Parse(None));
                     }
                     Ok(_) => {
+                        if self.prepared.len() >= MAX_NAMED && !self.prepared.contains_key(&name) {
+                            return Err(self.protocol_violation(&format!(
+                                "more than {MAX_NAMED} prepared statements at once"
+                            )));
+                        }
                         msg.write_to(&mut self.to_upstream);
                         self.prepared.insert(
                             name,
@@ -576,12 +597,18 @@ impl Session {
                             ),
                             _ => None,
                         };
+                        if self.portals.len() >= MAX_NAMED && !self.portals.contains_key(&p) {
+                            return Err(self.protocol_violation(&format!(
+                                "more than {MAX_NAMED} portals open at once"
+                            )));
+                        }
                         self.portals.insert(
                             p,
                             Portal {
                                 statement,
                                 statement_name: s,
                                 shown,
+                                generation: self.syncs_sent,
                             },
                         );
                     }
@@ -695,6 +722,7 @@ impl Session {
             }
             b'S' => {
                 msg.write_to(&mut self.to_upstream);
+                self.syncs_sent += 1;
                 self.expect.push_back(Expect::Sync);
             }
             b'H' | b'd' | b'c' | b'f' => msg.write_to(&mut self.to_upstream),
@@ -717,6 +745,7 @@ impl Session {
                 });
                 self.deny(&pending)?;
                 self.inject_query();
+                self.syncs_sent += 1;
                 self.expect.push_back(Expect::Query(Box::new(pending)));
             }
             other => {
@@ -1139,8 +1168,12 @@ impl Session {
                 // this answers is complete.
                 while let Some(e) = self.expect.pop_front() {
                     match e {
-                        Expect::Sync => break,
+                        Expect::Sync => {
+                            self.syncs_answered += 1;
+                            break;
+                        }
                         Expect::Query(p) => {
+                            self.syncs_answered += 1;
                             if p.denial.is_none() {
                                 self.finish(*p);
                             }
@@ -1149,6 +1182,13 @@ impl Session {
                         Expect::Execute(p) if p.denial.is_none() => self.finish(*p),
                         _ => {}
                     }
+                }
+                if status == b'I' {
+                    // Outside a transaction block: every portal bound before
+                    // the Sync (or query) this answers has ended with its
+                    // transaction; later Binds (pipelined) are kept.
+                    let answered = self.syncs_answered;
+                    self.portals.retain(|_, p| p.generation >= answered);
                 }
                 self.plan = None;
                 self.copy = None;
