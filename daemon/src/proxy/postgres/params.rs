@@ -12,6 +12,10 @@ use super::wire::{Message, Reader, WireError};
 /// with their full length given.
 const SHOWN: usize = 200;
 
+/// Parameters shown one by one; the rest are counted (a Bind may carry
+/// 32767), so a held command stays readable and bounded.
+const SHOWN_PARAMETERS: usize = 100;
+
 /// The parameter type OIDs a Parse message declares (0: unspecified).
 pub fn declared(r: &mut Reader<'_>) -> Result<Vec<u32>, WireError> {
     let n = usize::try_from(r.i16()?).unwrap_or(0);
@@ -42,8 +46,13 @@ pub fn shown(msg: &Message, types: &[u32]) -> Result<String, WireError> {
     if nparams == 0 {
         return Ok("none".into());
     }
-    let mut out = Vec::with_capacity(nparams.min(64));
+    let mut out = Vec::with_capacity(nparams.min(SHOWN_PARAMETERS));
+    let mut rest_bytes = 0usize;
     for i in 0..nparams {
+        if i >= SHOWN_PARAMETERS {
+            rest_bytes += r.value()?.map_or(0, <[u8]>::len);
+            continue;
+        }
         // No codes: all text; one code: for every parameter; else one each.
         let format = match formats.as_slice() {
             [one] => *one,
@@ -56,6 +65,13 @@ pub fn shown(msg: &Message, types: &[u32]) -> Result<String, WireError> {
             Some(v) => binary(oid, v).unwrap_or_else(|| hex(v)),
         };
         out.push(format!("${} = {shown}", i + 1));
+    }
+    if nparams > SHOWN_PARAMETERS {
+        out.push(format!(
+            "and {} more parameters (${}..${nparams}, {rest_bytes} bytes in all) not shown",
+            nparams - SHOWN_PARAMETERS,
+            SHOWN_PARAMETERS + 1
+        ));
     }
     Ok(out.join(", "))
 }
@@ -197,5 +213,16 @@ mod tests {
             Some("$1 = '12345678-9abc-def0-1234-56789abcdef0' (uuid)")
         );
         assert_eq!(shown(&bind(&[], &[]), &[]).ok().as_deref(), Some("none"));
+        // Hundreds of parameters: the first 100 shown, the rest counted.
+        let many: Vec<Option<&[u8]>> = (0..300).map(|_| Some(&b"xy"[..])).collect();
+        let text = shown(&bind(&[], &many), &[]).unwrap_or_default();
+        assert!(
+            text.contains("$100 = 'xy'") && !text.contains("$101 ="),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("and 200 more parameters ($101..$300, 400 bytes in all) not shown"),
+            "{text}"
+        );
     }
 }
