@@ -449,3 +449,56 @@ fn join_refuses_a_caller_whose_process_is_gone() {
     );
     c.finish(|| d.context());
 }
+
+/// Any local user can reach the control socket; failed authentications are
+/// recorded one by one up to a burst, then counted into summary events, so
+/// a loop of bad tokens cannot fill the audit disk, and none goes uncounted.
+#[test]
+fn failed_control_logins_are_recorded_up_to_a_burst_then_counted() {
+    require_root!();
+    let echo = EchoServer::v4();
+    let d = Daemon::start(Setup::bot_with_echo(&echo.address()));
+    const TRIES: u64 = 60;
+    for _ in 0..TRIES {
+        let out = run_with_limit(
+            d.cordon(&["approvals", "list"])
+                .env("CORDON_ID_TOKEN", "not.a.token"),
+            Duration::from_secs(10),
+        );
+        assert!(!out.status.success(), "a bad token was accepted");
+    }
+    let count = |events: &[Value]| -> (u64, u64) {
+        let mut one_by_one = 0;
+        let mut total = 0;
+        for e in events
+            .iter()
+            .filter(|e| e["what"] == "auth_failed" && e["who"] == "uid:0")
+        {
+            if e["target"] == "summary" {
+                total += e["details"]["count"].as_u64().unwrap_or(0);
+            } else {
+                one_by_one += 1;
+                total += 1;
+            }
+        }
+        (one_by_one, total)
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (mut events, mut counted);
+    loop {
+        let out = d.cordon_output(&["audit", "list", "--limit", "10000", "--json"]);
+        events = serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap_or_default();
+        counted = count(&events);
+        if counted.1 >= TRIES || Instant::now() > deadline {
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let mut c = Checks::new();
+    c.eq("failed logins accounted for", counted.1, TRIES);
+    c.check(
+        counted.0 >= 32 && counted.0 < TRIES,
+        format!("{} failed logins recorded one by one", counted.0),
+    );
+    c.finish(|| serde_json::to_string_pretty(&events).unwrap_or_default());
+}
