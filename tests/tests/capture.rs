@@ -832,6 +832,15 @@ print(refused)
             && str_of(&summary, "dst").contains(&undeclared.address()),
         format!("summary record: {}", pretty(&summary)),
     );
+    let shown = d.cordon_output(&["sessions", "show", str_of(&summary, "id")]);
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    c.check(
+        shown.contains(&format!(
+            "summary of   {} refused connections",
+            summary["refusals"].as_u64().unwrap_or(0)
+        )),
+        format!("sessions show of the summary: {shown}"),
+    );
     // The daemon still serves the agent.
     let p = d.probe(
         "bot",

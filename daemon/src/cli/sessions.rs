@@ -93,6 +93,9 @@ pub fn show(config: &Path, id: &str, json: bool) -> anyhow::Result<()> {
     println!("destination  {}", escape(&s.dst));
     println!("resource     {} ({})", opt(&s.resource), opt(&s.protocol));
     println!("verdict      {:?}: {}", s.verdict, escape(&s.reason));
+    if let Some(n) = s.refusals {
+        println!("summary of   {n} refused connections (over the rate recorded one by one)");
+    }
     println!("started      {}", escape(&s.started_at));
     println!("ended        {}", opt(&s.ended_at));
     println!("bytes        {} up, {} down", s.bytes_up, s.bytes_down);
