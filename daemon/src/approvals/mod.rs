@@ -212,13 +212,7 @@ pub struct Approvals {
     last_lapse_scan: Mutex<Option<OffsetDateTime>>,
     /// Failed authentications on the control socket (any local uid can
     /// cause them at will), rate limited per uid (see `audit::ratelimit`).
-    auth_failures: Mutex<HashMap<u32, AuthFailures>>,
-}
-
-#[derive(Debug)]
-struct AuthFailures {
-    bucket: crate::audit::ratelimit::Bucket,
-    counted: Option<CountedFailures>,
+    auth_failures: crate::audit::ratelimit::Limiter<u32, CountedFailures>,
 }
 
 /// Failed authentications over the rate, for the next summary event.
@@ -270,7 +264,7 @@ impl Approvals {
             last_hold: AtomicU64::new(0),
             launchers: launchers::Launchers::default(),
             last_lapse_scan: Mutex::new(None),
-            auth_failures: Mutex::new(HashMap::new()),
+            auth_failures: crate::audit::ratelimit::Limiter::new(OTHER_UIDS),
         })
     }
 
@@ -354,41 +348,24 @@ impl Approvals {
     /// Per uid, a burst is recorded one by one, then 1/s; the rest are
     /// counted into a summary event ([`Approvals::flush_auth_failures`]).
     pub fn auth_failed(&self, uid: u32, op: &str, why: &str) {
-        use crate::audit::ratelimit::{Bucket, MAX_SOURCES};
-        let now = std::time::Instant::now();
-        let record = match self.auth_failures.lock() {
-            Err(_) => true,
-            Ok(mut all) => {
-                let key = if !all.contains_key(&uid) && all.len() >= MAX_SOURCES {
-                    OTHER_UIDS
-                } else {
-                    uid
-                };
-                let entry = all.entry(key).or_insert_with(|| AuthFailures {
-                    bucket: Bucket::new(now),
-                    counted: None,
+        let record = self
+            .auth_failures
+            .admit(uid, std::time::Instant::now(), |pending| {
+                let at = crate::rfc3339(OffsetDateTime::now_utc());
+                let c = pending.get_or_insert_with(|| CountedFailures {
+                    count: 0,
+                    first_at: at.clone(),
+                    last_at: at.clone(),
+                    ops: Default::default(),
+                    last_why: String::new(),
                 });
-                if entry.bucket.take(now) {
-                    true
-                } else {
-                    let at = crate::rfc3339(OffsetDateTime::now_utc());
-                    let c = entry.counted.get_or_insert_with(|| CountedFailures {
-                        count: 0,
-                        first_at: at.clone(),
-                        last_at: at.clone(),
-                        ops: Default::default(),
-                        last_why: String::new(),
-                    });
-                    c.count += 1;
-                    c.last_at = at;
-                    if c.ops.len() < 32 || c.ops.contains_key(op) {
-                        *c.ops.entry(op.to_owned()).or_default() += 1;
-                    }
-                    why.clone_into(&mut c.last_why);
-                    false
+                c.count += 1;
+                c.last_at = at;
+                if c.ops.len() < 32 || c.ops.contains_key(op) {
+                    *c.ops.entry(op.to_owned()).or_default() += 1;
                 }
-            }
-        };
+                why.clone_into(&mut c.last_why);
+            });
         if record {
             self.events.record_or_log(
                 NewEvent::new(format!("uid:{uid}"), EventKind::AuthFailed, op)
@@ -401,14 +378,7 @@ impl Approvals {
     /// `auth_failed` event per uid (target `summary`, `count` in details).
     pub fn flush_auth_failures(&self) {
         use crate::audit::ratelimit::{BURST, PER_SECOND};
-        let counted: Vec<(u32, CountedFailures)> = match self.auth_failures.lock() {
-            Ok(mut all) => all
-                .iter_mut()
-                .filter_map(|(uid, f)| f.counted.take().map(|c| (*uid, c)))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        for (uid, c) in counted {
+        for (uid, c) in self.auth_failures.take() {
             let who = if uid == OTHER_UIDS {
                 "other uids".to_owned()
             } else {

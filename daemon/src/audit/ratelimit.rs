@@ -4,7 +4,12 @@
 //! as summaries, so nobody can fill the state disk (and, through it, shut
 //! every agent out) while every occurrence is still counted in the audit.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 /// Records one by one in a burst, per source.
 pub const BURST: u32 = 32;
@@ -43,6 +48,57 @@ impl Bucket {
     }
 }
 
+/// A bucket per source and what was counted over its rate (`S`, folded by
+/// the caller), until [`Limiter::take`] hands it out for a summary.
+#[derive(Debug)]
+pub struct Limiter<K, S> {
+    sources: Mutex<HashMap<K, (Bucket, Option<S>)>>,
+    /// The source that sources beyond [`MAX_SOURCES`] share.
+    overflow: K,
+}
+
+impl<K: Eq + Hash + Clone, S> Limiter<K, S> {
+    pub fn new(overflow: K) -> Self {
+        Self {
+            sources: Mutex::new(HashMap::new()),
+            overflow,
+        }
+    }
+
+    /// True: record this occurrence on its own. False: it was counted, by
+    /// `count` on the source's pending summary (None before the first).
+    /// A poisoned lock records (never loses an occurrence).
+    pub fn admit(&self, key: K, now: Instant, count: impl FnOnce(&mut Option<S>)) -> bool {
+        let Ok(mut sources) = self.sources.lock() else {
+            return true;
+        };
+        let key = if !sources.contains_key(&key) && sources.len() >= MAX_SOURCES {
+            self.overflow.clone()
+        } else {
+            key
+        };
+        let (bucket, pending) = sources
+            .entry(key)
+            .or_insert_with(|| (Bucket::new(now), None));
+        if bucket.take(now) {
+            return true;
+        }
+        count(pending);
+        false
+    }
+
+    /// Every source's counted summary (counting starts again from none).
+    pub fn take(&self) -> Vec<(K, S)> {
+        let Ok(mut sources) = self.sources.lock() else {
+            return Vec::new();
+        };
+        sources
+            .iter_mut()
+            .filter_map(|(k, (_, pending))| pending.take().map(|s| (k.clone(), s)))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +112,26 @@ mod tests {
         let later = t0 + Duration::from_secs(3);
         let refilled = (0..10).filter(|_| b.take(later)).count();
         assert_eq!(refilled, 3 * PER_SECOND as usize);
+    }
+
+    #[test]
+    fn counts_go_to_their_source_and_sources_beyond_the_cap_share_one() {
+        let t0 = Instant::now();
+        let l: Limiter<u32, u64> = Limiter::new(u32::MAX);
+        let count = |p: &mut Option<u64>| *p.get_or_insert(0) += 1;
+        let recorded = (0..BURST + 5).filter(|_| l.admit(1, t0, count)).count();
+        assert_eq!(recorded, BURST as usize);
+        for key in 2..=MAX_SOURCES as u32 {
+            assert!(l.admit(key, t0, count), "a new source starts with a burst");
+        }
+        // The table is full: new sources share the overflow bucket.
+        let extra = (0..BURST + 3)
+            .filter(|i| !l.admit(100_000 + i, t0, count))
+            .count();
+        assert_eq!(extra, 3);
+        let mut taken = l.take();
+        taken.sort_unstable();
+        assert_eq!(taken, vec![(1, 5), (u32::MAX, 3)]);
+        assert!(l.take().is_empty());
     }
 }

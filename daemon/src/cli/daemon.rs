@@ -196,7 +196,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         logins: Default::default(),
         refusals: Default::default(),
     });
-    tokio::spawn(proxy::write_refusal_summaries(gw.clone()));
+    tokio::spawn(proxy::write_rate_limited_summaries(gw.clone()));
     tokio::spawn(crate::approvals::run_expiry(approvals));
     for listener in listeners {
         tokio::spawn(proxy::serve(gw.clone(), listener));
@@ -211,7 +211,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     wait_for_shutdown().await?;
     info!("shutting down; agent cgroups stay cordoned (pins kept)");
-    proxy::flush_refusal_summaries(&gw);
+    proxy::flush_rate_limited_summaries(&gw);
     stop.store(true, Ordering::Relaxed);
     let _ = checkpointer.join();
     audit.checkpoint().context("final audit checkpoint")?;

@@ -517,16 +517,16 @@ fn refuse(gw: &Gateway, stream: TcpStream, mut record: Session, reason: String) 
 /// Writes the refusals (and failed control-socket authentications) counted
 /// over the rate as summary records, every [`refusals::SUMMARY_EVERY`] and
 /// once more when the daemon stops.
-pub async fn write_refusal_summaries(gw: Arc<Gateway>) {
+pub async fn write_rate_limited_summaries(gw: Arc<Gateway>) {
     let mut tick = tokio::time::interval(refusals::SUMMARY_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        flush_refusal_summaries(&gw);
+        flush_rate_limited_summaries(&gw);
     }
 }
 
-pub fn flush_refusal_summaries(gw: &Gateway) {
+pub fn flush_rate_limited_summaries(gw: &Gateway) {
     gw.approvals.flush_auth_failures();
     for summary in gw.refusals.take_summaries(|| gw.audit.next_id()) {
         info!(

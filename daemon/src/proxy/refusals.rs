@@ -9,14 +9,10 @@
 //! [`SUMMARY_EVERY`], with how many there were, when, to where and why.
 //! Every refused connection is still refused, and still counted in the audit.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Mutex,
-    time::Instant,
-};
+use std::{collections::BTreeMap, time::Instant};
 
 use crate::audit::{
-    ratelimit::{Bucket, BURST, MAX_SOURCES, PER_SECOND},
+    ratelimit::{Limiter, BURST, PER_SECOND},
     Session, Verdict,
 };
 
@@ -35,12 +31,6 @@ pub enum Admit {
 }
 
 #[derive(Debug)]
-struct Source {
-    bucket: Bucket,
-    pending: Option<Summary>,
-}
-
-#[derive(Debug)]
 struct Summary {
     count: u64,
     first_at: String,
@@ -52,9 +42,17 @@ struct Summary {
     reasons: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Refusals {
-    sources: Mutex<HashMap<String, Source>>,
+    limiter: Limiter<String, Summary>,
+}
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Self {
+            limiter: Limiter::new("other sources".to_owned()),
+        }
+    }
 }
 
 /// The source a refusal is limited under.
@@ -70,60 +68,47 @@ impl Refusals {
     /// Decides whether `record` (a refusal, complete) is written now or
     /// counted for the next summary.
     pub fn admit(&self, record: &Session, now: Instant) -> Admit {
-        let Ok(mut sources) = self.sources.lock() else {
-            return Admit::Record;
-        };
-        let mut key = source_of(record);
-        if !sources.contains_key(&key) && sources.len() >= MAX_SOURCES {
-            key = "other sources".to_owned();
-        }
-        let source = sources.entry(key).or_insert_with(|| Source {
-            bucket: Bucket::new(now),
-            pending: None,
+        let recorded = self.limiter.admit(source_of(record), now, |pending| {
+            let summary = pending.get_or_insert_with(|| Summary {
+                count: 0,
+                first_at: record.started_at.clone(),
+                last_at: record.started_at.clone(),
+                first: record.clone(),
+                by_destination: BTreeMap::new(),
+                other_destinations: 0,
+                reasons: BTreeMap::new(),
+            });
+            summary.count += 1;
+            summary.last_at.clone_from(&record.started_at);
+            if let Some(n) = summary.by_destination.get_mut(&record.dst) {
+                *n += 1;
+            } else if summary.by_destination.len() < NAMED_DESTINATIONS {
+                summary.by_destination.insert(record.dst.clone(), 1);
+            } else {
+                summary.other_destinations += 1;
+            }
+            // Reasons name the destination; a bounded set all the same.
+            if let Some(n) = summary.reasons.get_mut(&record.reason) {
+                *n += 1;
+            } else if summary.reasons.len() < NAMED_DESTINATIONS {
+                summary.reasons.insert(record.reason.clone(), 1);
+            }
         });
-        if source.bucket.take(now) {
-            return Admit::Record;
-        }
-        let summary = source.pending.get_or_insert_with(|| Summary {
-            count: 0,
-            first_at: record.started_at.clone(),
-            last_at: record.started_at.clone(),
-            first: record.clone(),
-            by_destination: BTreeMap::new(),
-            other_destinations: 0,
-            reasons: BTreeMap::new(),
-        });
-        summary.count += 1;
-        summary.last_at.clone_from(&record.started_at);
-        if let Some(n) = summary.by_destination.get_mut(&record.dst) {
-            *n += 1;
-        } else if summary.by_destination.len() < NAMED_DESTINATIONS {
-            summary.by_destination.insert(record.dst.clone(), 1);
+        if recorded {
+            Admit::Record
         } else {
-            summary.other_destinations += 1;
+            Admit::Counted
         }
-        // Reasons name the destination; a bounded set all the same.
-        if let Some(n) = summary.reasons.get_mut(&record.reason) {
-            *n += 1;
-        } else if summary.reasons.len() < NAMED_DESTINATIONS {
-            summary.reasons.insert(record.reason.clone(), 1);
-        }
-        Admit::Counted
     }
 
     /// The summary records of every source with counted refusals (the counts
     /// start again from zero). `id` gives each its session id.
     pub fn take_summaries(&self, mut id: impl FnMut() -> crate::audit::SessionId) -> Vec<Session> {
-        let Ok(mut sources) = self.sources.lock() else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for (key, source) in sources.iter_mut() {
-            if let Some(s) = source.pending.take() {
-                out.push(s.into_record(key, id()));
-            }
-        }
-        out
+        self.limiter
+            .take()
+            .into_iter()
+            .map(|(key, s)| s.into_record(&key, id()))
+            .collect()
     }
 }
 
