@@ -308,6 +308,14 @@ fn connect() -> Result<()> {
     };
     row("connect+echo rate", "conn/s", |m| m.0, "");
     row("connect+echo p50", "µs", |m| m.1, "  (target <= 1.5x)");
+    println!(
+        "  {:<19} 1.5x leaves a relay {:.1} µs over direct's p50; it added: cordon {:+.1}, floor {:+.1}, naive {:+.1} µs",
+        "p50 budget",
+        0.5 * d.1,
+        g.1 - d.1,
+        f.1 - d.1,
+        n.1 - d.1
+    );
     row("connect+echo p99", "µs", |m| m.2, "");
     row("bulk 1 GiB", "MB/s", |m| m.3, "");
     let [fp, np, gp] = bulk_paired;

@@ -195,21 +195,21 @@ pub fn run() -> Result<()> {
                 };
                 let m = ctx.measure(cell, route, round)?;
                 println!(
-                    "{:<32} round {} {:<9} {:>9.1} tps  p50 {:>7.3} ms  p99 {:>7.3} ms",
+                    "{:<32} round {} {:<9} {:>9.1} tps  p50 {:>7.3} ms  p99 {:>7.3} ms  cpu {:>6.1} us/tx ({:.0}% busy)",
                     cell.label(),
                     round + 1,
                     route.label(),
                     m.tps,
                     m.p50_ms,
-                    m.p99_ms
+                    m.p99_ms,
+                    m.cpu_us,
+                    m.busy * 100.0
                 );
                 if matches!(route, Route::Cordon | Route::Relay) {
                     // pgbench opens one extra connection to read the scale.
                     cordon_connections += cell.clients + 1;
                 }
-                s.tps.push(m.tps);
-                s.p50.push(m.p50_ms);
-                s.p99.push(m.p99_ms);
+                s.push(&m);
             }
         }
         results.push((cell, samples.into_iter().map(Samples::medians).collect()));
@@ -373,6 +373,11 @@ struct Measurement {
     tps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Machine CPU time (every process and the kernel, all CPUs) per
+    /// transaction, in microseconds, over the pgbench run.
+    cpu_us: f64,
+    /// Share of the machine's CPUs busy during the run.
+    busy: f64,
 }
 
 #[derive(Default)]
@@ -380,16 +385,60 @@ struct Samples {
     tps: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
+    cpu: Vec<f64>,
+    busy: Vec<f64>,
 }
 
 impl Samples {
+    fn push(&mut self, m: &Measurement) {
+        self.tps.push(m.tps);
+        self.p50.push(m.p50_ms);
+        self.p99.push(m.p99_ms);
+        self.cpu.push(m.cpu_us);
+        self.busy.push(m.busy);
+    }
+
     fn medians(self) -> Measurement {
         Measurement {
             tps: median(self.tps),
             p50_ms: median(self.p50),
             p99_ms: median(self.p99),
+            cpu_us: median(self.cpu),
+            busy: median(self.busy),
         }
     }
+}
+
+/// Busy CPU time of the whole machine since boot, in seconds summed over
+/// CPUs, and the number of CPUs.
+fn machine_busy() -> Result<(f64, usize)> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let (ticks, cpus) = busy_ticks(&stat).context("/proc/stat: no well-formed `cpu` line")?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    anyhow::ensure!(hz > 0, "sysconf(_SC_CLK_TCK) failed");
+    Ok((ticks / hz as f64, cpus))
+}
+
+/// From /proc/stat: the busy ticks of the aggregate `cpu` line (user, nice,
+/// system, irq, softirq and steal; not idle or iowait) and how many `cpuN`
+/// lines there are.
+fn busy_ticks(stat: &str) -> Option<(f64, usize)> {
+    let mut lines = stat.lines();
+    let total = lines.next().filter(|l| l.starts_with("cpu "))?;
+    let f: Vec<f64> = total
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    if f.len() < 8 {
+        return None;
+    }
+    let ticks = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum();
+    let cpus = lines
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count();
+    Some((ticks, cpus.max(1)))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -530,10 +579,14 @@ impl Run {
             cmd.env("PGPASSWORD", &pg.password);
         }
         let line = crate::util::describe(&cmd);
+        let (busy_before, cpus) = machine_busy()?;
+        let started = Instant::now();
         let out = cmd
             .stdin(Stdio::null())
             .output()
             .with_context(|| format!("starting `{line}`"))?;
+        let wall = started.elapsed().as_secs_f64();
+        let busy = machine_busy()?.0 - busy_before;
         if !out.status.success() {
             eprintln!(
                 "pgbench over {} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
@@ -555,11 +608,17 @@ impl Run {
             route.label(),
             logs.display()
         );
+        // One log line per transaction: the CPU the machine spent on the
+        // whole run (connections included) per transaction.
+        let cpu_us = busy * 1e6 / lat.len() as f64;
+        let busy_share = busy / (wall * cpus as f64);
         lat.sort_by(f64::total_cmp);
         Ok(Measurement {
             tps,
             p50_ms: percentile(&lat, 0.50) / 1000.0,
             p99_ms: percentile(&lat, 0.99) / 1000.0,
+            cpu_us,
+            busy: busy_share,
         })
     }
 }
@@ -628,6 +687,7 @@ fn report(results: &[(Cell, Vec<Measurement>)], paths: &[Route], secs: u64) {
     rule.push_str("---|");
     println!("{head}\n{rule}");
     let mut verdicts = Vec::new();
+    let mut cpu_lines = Vec::new();
     for (cell, m) in results {
         let by = |r: Route| paths.iter().position(|&p| p == r).and_then(|i| m.get(i));
         let (Some(d), Some(g)) = (by(Route::Direct), by(Route::Cordon)) else {
@@ -664,6 +724,7 @@ fn report(results: &[(Cell, Vec<Measurement>)], paths: &[Route], secs: u64) {
             );
             let floor = by(Route::Floor).map(|f| f.tps / d.tps);
             verdicts.push((cell.label(), ratio, ok, floor));
+            cpu_lines.push(cpu_budget(cell, d, paths, m));
         } else {
             row.push_str(" |");
         }
@@ -679,6 +740,42 @@ fn report(results: &[(Cell, Vec<Measurement>)], paths: &[Route], secs: u64) {
             if ok { "met" } else { "MISSED" }
         );
     }
+    for line in cpu_lines {
+        println!("{line}");
+    }
+}
+
+/// What a hop may cost for the target to be reachable, against what each
+/// path cost: while direct keeps every CPU busy, TPS through a hop is
+/// direct TPS x direct / (direct + added) CPU per transaction, so the target
+/// ratio leaves a hop `direct x (1/target - 1)` of machine CPU per
+/// transaction.
+fn cpu_budget(cell: &Cell, direct: &Measurement, paths: &[Route], m: &[Measurement]) -> String {
+    let budget = direct.cpu_us * (1.0 / TARGET_RATIO - 1.0);
+    let mut line = format!(
+        "cpu per transaction, {}: direct {:.1} us with the machine {:.0}% busy, so {TARGET_RATIO:.2}x \
+         leaves a hop {budget:.1} us; each path added:",
+        cell.label(),
+        direct.cpu_us,
+        direct.busy * 100.0
+    );
+    for (route, x) in paths.iter().zip(m) {
+        if *route != Route::Direct {
+            let _ = write!(
+                line,
+                " {} {:+.1} us,",
+                route.label(),
+                x.cpu_us - direct.cpu_us
+            );
+        }
+    }
+    line.pop();
+    if direct.busy < 0.95 {
+        line.push_str(
+            " (direct left CPUs idle, so its TPS was not bound by CPU and this budget is only indicative)",
+        );
+    }
+    line
 }
 
 // ---------------------------------------------------------------------------
@@ -1191,4 +1288,22 @@ fn tail(text: &str, n: usize) -> String {
         .get(lines.len().saturating_sub(n)..)
         .unwrap_or_default()
         .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::busy_ticks;
+
+    #[test]
+    fn busy_ticks_count_work_not_idle() {
+        let stat = "cpu  100 5 50 9000 40 3 2 1 0 0\n\
+                    cpu0 50 2 25 4500 20 1 1 0 0 0\n\
+                    cpu1 50 3 25 4500 20 2 1 1 0 0\n\
+                    intr 12345 0 0\nctxt 999\n";
+        // user + nice + system + irq + softirq + steal; idle and iowait left out.
+        assert_eq!(busy_ticks(stat), Some((161.0, 2)));
+        assert_eq!(busy_ticks("intr 1 2 3\n"), None);
+        assert_eq!(busy_ticks("cpu  1 2 3\n"), None);
+        assert_eq!(busy_ticks("cpu  1 2 x 4 5 6 7 8\n"), None);
+    }
 }
