@@ -836,6 +836,52 @@ print(repr(until_ready()))
     let t = text(&out);
     assert!(out.status.success() && t.contains("not row 9"), "{t}");
     assert_eq!(rows(), "1,9");
+
+    // Cordon's statement map follows the database's through failures: a
+    // name whose Parse the database failed, re-Parsed as the DELETE, is the
+    // DELETE (held), not the SELECT that never existed.
+    let agent = raw_agent(
+        r#"
+s.sendall(msg(b"P", cstr("s2") + cstr("select * from no_such_table") + b"\x00\x00") + msg(b"S", b""))
+print(repr(until_ready()))
+s.sendall(msg(b"P", cstr("s2") + cstr("delete from t_params where i = 9") + b"\x00\x00")
+          + msg(b"B", cstr("p") + cstr("s2") + b"\x00\x00" * 3)
+          + msg(b"E", cstr("p") + struct.pack("!I", 0)) + msg(b"S", b""))
+print(repr(until_ready()))
+"#,
+    );
+    let hold = w.wait_hold(Who::Human(bob), "where i = 9");
+    let id = hold["id"].as_str().expect("id").to_owned();
+    w.json(Who::Human(bob), &["deny", &id, "--reason", "stale name"]);
+    let out = agent.finish(LIMIT);
+    let t = text(&out);
+    assert!(out.status.success() && t.contains("stale name"), "{t}");
+    assert_eq!(rows(), "1,9");
+    // A denied Parse the database skips (after an earlier error) leaves the
+    // database's unnamed statement, the DELETE, in place: a Bind to it is
+    // still held.
+    let agent = raw_agent(
+        r#"
+s.sendall(msg(b"P", cstr("") + cstr("delete from t_params where i = 9") + b"\x00\x00")
+          + msg(b"P", cstr("y") + cstr("select * from no_such_table") + b"\x00\x00")
+          + msg(b"P", cstr("") + cstr("select pg_read_file('/etc/hostname')") + b"\x00\x00")
+          + msg(b"S", b""))
+print(repr(until_ready()))
+s.sendall(msg(b"B", cstr("p") + cstr("") + b"\x00\x00" * 3)
+          + msg(b"E", cstr("p") + struct.pack("!I", 0)) + msg(b"S", b""))
+print(repr(until_ready()))
+"#,
+    );
+    let hold = w.wait_hold(Who::Human(bob), "where i = 9");
+    let id = hold["id"].as_str().expect("id").to_owned();
+    w.json(
+        Who::Human(bob),
+        &["deny", &id, "--reason", "skipped denial"],
+    );
+    let out = agent.finish(LIMIT);
+    let t = text(&out);
+    assert!(out.status.success() && t.contains("skipped denial"), "{t}");
+    assert_eq!(rows(), "1,9");
 }
 
 #[test]

@@ -498,6 +498,73 @@ fn ip_routing_and_extension_headers_are_refused() {
     c.finish(|| probe_context(&d, &[&inside, &inside_root, &outside, &outside_root]));
 }
 
+/// An agent started from a shell shares the shell's terminal: TIOCSTI (or
+/// TIOCLINUX paste) would type commands the shell then runs outside the
+/// cgroup. Datagram socketpairs can be aimed at any unix address later, so
+/// they go where unix sockets go.
+#[test]
+fn terminal_input_injection_and_unix_datagram_pairs_are_refused() {
+    require_root!();
+    let echo = EchoServer::v4();
+    let d = Daemon::start(Setup::bot_with_echo(&echo.address()));
+    let mut c = Checks::new();
+
+    let inside = d.probe("bot", As::Root, &["tty"]);
+    let inside_nobody = d.probe("bot", As::Nobody, &["tty"]);
+    for (who, p) in [
+        ("inside as root", &inside),
+        ("inside as nobody", &inside_nobody),
+    ] {
+        all_refused(&mut c, who, p, "calls", &["TIOCSTI", "TIOCLINUX"], EPERM);
+        all_succeeded(&mut c, who, p, "calls", &["socketpair_stream"]);
+    }
+    // Datagram pairs follow unix sockets: refused exactly where the agent
+    // cannot make a unix socket at all.
+    let unix_dgram = d.probe("bot", As::Root, &["socket", "1", "2", "0"]);
+    let v = &inside["calls"]["socketpair_dgram"];
+    if refused(&unix_dgram, EPERM) {
+        c.check(
+            refused(v, EPERM),
+            format!("unix sockets are refused here, so datagram socketpairs must be too: {v}"),
+        );
+    } else {
+        c.check(
+            succeeded(v),
+            format!("unix sockets are allowed (the kernel checks their addresses), so datagram socketpairs are too: {v} (socket: {unix_dgram})"),
+        );
+    }
+
+    // Outside, as root, the same pty takes the byte (where the host keeps
+    // legacy TIOCSTI) and TIOCLINUX fails for its own reason (not a console).
+    let outside = probe_outside(&["tty"]);
+    let legacy = fs::read_to_string("/proc/sys/dev/tty/legacy_tiocsti")
+        .map(|v| v.trim() == "1")
+        .unwrap_or(true);
+    let sti = &outside["calls"]["TIOCSTI"];
+    c.check(
+        if legacy {
+            succeeded(sti)
+        } else {
+            !refused(sti, EPERM)
+        },
+        format!("TIOCSTI outside the agent as root (legacy_tiocsti {legacy}): {sti}"),
+    );
+    let linux = &outside["calls"]["TIOCLINUX"];
+    c.check(
+        !refused(linux, EPERM) && !succeeded(linux),
+        format!("TIOCLINUX on a pty outside the agent should fail, but not with EPERM: {linux}"),
+    );
+    all_succeeded(
+        &mut c,
+        "outside as root",
+        &outside,
+        "calls",
+        &["socketpair_dgram", "socketpair_stream"],
+    );
+
+    c.finish(|| probe_context(&d, &[&inside, &inside_nobody, &unix_dgram, &outside]));
+}
+
 #[test]
 fn x32_syscalls_are_refused() {
     require_root!();

@@ -400,6 +400,44 @@ s = startup(); s.sendall(b"Q" + struct.pack("!I", 0x7ffffff0)); print("big", ans
 s = startup(); s.sendall(b"Q" + struct.pack("!I", 2)); print("short", answer(s))
 s = startup(); s.sendall(b"\xff" + struct.pack("!I", 4)); print("tag", answer(s))
 s = startup(); s.sendall(b"Q" + struct.pack("!I", 9) + b"selec"); print("nonul", answer(s))
+# Settings a start-up packet may carry obey the SET rules: with
+# standard_conforming_strings off the server would read 'a\' , ' ; DELETE ...'
+# as a string and a DELETE, where the policy reads two strings.
+def startup_with(params):
+    s = socket.create_connection(("127.0.0.1", {port}), timeout=10)
+    body = struct.pack("!I", 196608) + b"user\x00analyst\x00database\x00shop\x00" + params + b"\x00"
+    s.sendall(struct.pack("!I", len(body) + 4) + body)
+    return answer(s)
+print("scs", startup_with(b"standard_conforming_strings\x00off\x00"))
+print("path", startup_with(b"search_path\x00hr, public\x00"))
+print("enc", startup_with(b"client_encoding\x00SJIS\x00"))
+def m(tag, body): return tag + struct.pack("!I", len(body) + 4) + body
+def c(t): return t.encode() + b"\x00"
+def until_ready(s):
+    data = b""
+    while b"Z\x00\x00\x00\x05" not in data:
+        chunk = s.recv(65536)
+        if not chunk: break
+        data += chunk
+    return data
+# Portal a is described, then portal b runs (suspended after one row),
+# then a runs without a new Describe: its rows must be masked by a's
+# columns, not passed on under b's.
+s = startup()
+s.sendall(m(b"P", c("s1") + c("select id, email from customers order by id limit 2") + b"\x00\x00")
+    + m(b"B", c("a") + c("s1") + b"\x00\x00" * 3)
+    + m(b"D", b"P" + c("a"))
+    + m(b"P", c("s2") + c("select generate_series(1, 2)") + b"\x00\x00")
+    + m(b"B", c("b") + c("s2") + b"\x00\x00" * 3)
+    + m(b"E", c("b") + struct.pack("!I", 1))
+    + m(b"E", c("a") + struct.pack("!I", 0))
+    + m(b"S", b""))
+print("suspended", until_ready(s))
+# A simple Query inside an extended batch (no Sync) would be skipped by the
+# server after an error, yet counted by Cordon: refused.
+s = startup()
+s.sendall(m(b"P", c("") + c("select 1") + b"\x00\x00") + m(b"Q", c("select 2")))
+print("unsynced", answer(s))
 "#,
         port = pg.port()
     );
@@ -417,6 +455,27 @@ s = startup(); s.sendall(b"Q" + struct.pack("!I", 9) + b"selec"); print("nonul",
             "{case}: {line}\n{t}"
         );
     }
+    for (case, param) in [
+        ("scs", "standard_conforming_strings"),
+        ("path", "search_path"),
+        ("enc", "client_encoding"),
+    ] {
+        let line = t.lines().find(|l| l.starts_with(case)).unwrap_or("");
+        assert!(
+            line.contains(&format!("`{param}` may not be set")),
+            "{case}: {line}\n{t}"
+        );
+    }
+    let line = t.lines().find(|l| l.starts_with("suspended")).unwrap_or("");
+    assert!(
+        line.contains("SELECT 2") && !line.contains("@example.com"),
+        "rows of a portal run after another must be masked by its own columns: {line}\n{t}"
+    );
+    let line = t.lines().find(|l| l.starts_with("unsynced")).unwrap_or("");
+    assert!(
+        line.contains("08P01") && line.contains("without a Sync"),
+        "{line}\n{t}"
+    );
     // The daemon is fine and serves the next agent.
     let out = pgclient(&d, &pg, "analyst", &["query", "select 42"]);
     assert_eq!(text(&out).trim(), "42", "{}", text(&out));

@@ -9,8 +9,13 @@
 //!   the kernel enforces the daemon's unix allow list), and netlink of any
 //!   protocol but `NETLINK_ROUTE` (what getaddrinfo needs): no packet sockets
 //!   or other families the cgroup hooks do not cover, and no unix sockets
-//!   where the kernel cannot check their paths. `socketpair()` stays allowed:
-//!   it makes only unnamed, connected pairs.
+//!   where the kernel cannot check their paths. `socketpair()` stays allowed
+//!   for stream and seqpacket pairs, which stay connected to each other; a
+//!   datagram pair is refused where unix sockets are (its ends can
+//!   `sendto()` or `connect()` any named or abstract unix address).
+//! - `ioctl` `TIOCSTI` and `TIOCLINUX`: both push bytes into a terminal's
+//!   input. An agent started from a shell shares that shell's terminal, and
+//!   whatever it typed there would run in the shell, outside the cgroup.
 //! - `io_uring_setup`: `IORING_OP_SOCKET`/`IORING_OP_CONNECT` would sidestep
 //!   seccomp's view of `socket()`.
 //! - Namespaces: `unshare` and `setns` entirely, and `clone` with any
@@ -105,6 +110,14 @@ const REFUSED_SOCKOPTS: [(i32, i32); 9] = [
     (libc::SOL_IP, libc::IP_OPTIONS),
 ];
 
+/// `ioctl` requests refused: they insert input into a terminal (TIOCSTI:
+/// one byte; TIOCLINUX: selection paste), which the terminal's other
+/// readers (the user's shell, outside the cgroup) then run.
+const REFUSED_IOCTLS: [u64; 2] = [
+    0x5412, // TIOCSTI
+    0x541C, // TIOCLINUX
+];
+
 /// Syscalls refused whatever their arguments.
 const REFUSED_SYSCALLS: [i64; 20] = [
     // io_uring: IORING_OP_SOCKET would sidestep the socket() rules.
@@ -186,8 +199,26 @@ pub fn agent_filter(allow_unix: bool) -> Result<BpfProgram, SeccompError> {
     ];
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     rules.insert(libc::SYS_socket, socket_rules);
-    // socketpair() makes only unnamed, connected pairs: harmless, and widely
-    // used, so it has no rule.
+    // socketpair() of stream and seqpacket unix sockets makes a pair that
+    // stays connected to itself: widely used, and allowed. Datagram ends can
+    // be aimed anywhere later (sendto, connect): refused where unix sockets
+    // are. The type's low bits are the type, the rest flags (SOCK_CLOEXEC).
+    if !allow_unix {
+        rules.insert(
+            libc::SYS_socketpair,
+            vec![rule(vec![cond(
+                1,
+                Op::MaskedEq(0xf),
+                libc::SOCK_DGRAM as u64,
+            )?])?],
+        );
+    }
+    // ioctl's request is an unsigned int: the low 32 bits are compared.
+    let ioctl_rules = REFUSED_IOCTLS
+        .iter()
+        .map(|&request| rule(vec![cond(1, Op::Eq, request)?]))
+        .collect::<Result<Vec<_>, _>>()?;
+    rules.insert(libc::SYS_ioctl, ioctl_rules);
     for nr in REFUSED_SYSCALLS {
         // An empty rule list matches every call.
         rules.insert(nr, vec![]);
@@ -349,6 +380,45 @@ mod tests {
         // ptrace(PTRACE_ATTACH, pid -1) and kcmp(pid -1, pid -1, ...).
         calls.push(("ptrace", libc::SYS_ptrace, [16, bad, 0, 0, 0], libc::EPERM));
         calls.push(("clone3", libc::SYS_clone3, [0, 0, 0, 0, 0], libc::ENOSYS));
+        // Allowed, these fail with EBADF (fd -1) and EFAULT (no array).
+        calls.push((
+            "ioctl TIOCSTI",
+            libc::SYS_ioctl,
+            [bad, 0x5412, 0, 0, 0],
+            libc::EPERM,
+        ));
+        calls.push((
+            "ioctl TIOCLINUX",
+            libc::SYS_ioctl,
+            [bad, 0x541C, 0, 0, 0],
+            libc::EPERM,
+        ));
+        // Garbage above the low 32 bits of the request changes nothing.
+        calls.push((
+            "ioctl TIOCSTI, high bits set",
+            libc::SYS_ioctl,
+            [bad, 0xffff_ffff_0000_5412, 0, 0, 0],
+            libc::EPERM,
+        ));
+        calls.push((
+            "ioctl FIONREAD",
+            libc::SYS_ioctl,
+            [bad, 0x541B, 0, 0, 0],
+            libc::EBADF,
+        ));
+        let dgram_cloexec = (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as usize;
+        calls.push((
+            "socketpair dgram",
+            libc::SYS_socketpair,
+            [libc::AF_UNIX as usize, dgram_cloexec, 0, 0, 0],
+            libc::EPERM,
+        ));
+        calls.push((
+            "socketpair stream",
+            libc::SYS_socketpair,
+            [libc::AF_UNIX as usize, libc::SOCK_STREAM as usize, 0, 0, 0],
+            libc::EFAULT,
+        ));
         calls.push((
             "x32 getpid",
             libc::SYS_getpid | i64::from(X32_SYSCALL_BIT),

@@ -266,7 +266,15 @@ fn value_words(value: NewValue<'_>) -> Option<Vec<String>> {
     let mut words = Vec::new();
     let mut add = |text: &str| {
         for w in text.split(',') {
-            words.push(w.trim().trim_matches('"').to_ascii_lowercase());
+            let w = w.trim();
+            // A quoted name is taken as written ("Public" and "public " name
+            // other schemas than public); a bare one folds to lower case.
+            words.push(
+                match w.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {
+                    Some(quoted) => quoted.to_owned(),
+                    None => w.to_ascii_lowercase(),
+                },
+            );
         }
     };
     match value {
@@ -344,6 +352,10 @@ mod tests {
             ("search_path", Some("public, pg_catalog"), false),
             ("search_path", Some(""), false),
             ("search_path", Some("secret, public"), true),
+            ("search_path", Some("\"public\", pg_catalog"), false),
+            ("search_path", Some("\"Public\""), true),
+            ("search_path", Some("\"public \""), true),
+            ("search_path", Some("PUBLIC"), false),
             ("search_path", Some("\"$user\", public"), true),
             ("search_path", None, true),
             ("client_encoding", Some("UTF8"), false),

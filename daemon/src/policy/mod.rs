@@ -55,6 +55,16 @@ use sqlparser::{
     tokenizer::{Token, TokenWithSpan},
 };
 
+/// Why a start-up parameter's value is refused, if it is: the same rules as
+/// `SET name = 'value'` (a start-up packet sets parameters as if by SET, and
+/// the policy reads every later statement under them).
+pub fn startup_setting_problem(name: &str, value: &str) -> Option<&'static str> {
+    builtin::setting_problem(
+        &name.to_ascii_lowercase(),
+        builtin::NewValue::Text(Some(value)),
+    )
+}
+
 // `parse` and the error types are API for callers that hold the text themselves (tests, tools).
 #[allow(unused_imports)]
 pub use file::{load, parse, PolicyError, Problem};

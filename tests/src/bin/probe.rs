@@ -37,6 +37,8 @@ usage: cordon-probe COMMAND [ARGS]
   ipopts                         (setsockopt of IPv6 routing/extension headers and of
                                   IP_OPTIONS: source route, and record route as IP_OPTIONS_RR)
   x32                            (getpid with the x32 syscall bit set)
+  tty                            (on a fresh pty: ioctl TIOCSTI and TIOCLINUX; and
+                                  socketpair of unix datagram and stream sockets)
   thread                         (starts and joins a thread)
   rename                         (link/rename across directories under /tmp)
   idle SECONDS                   (prints its line first, then sleeps)
@@ -201,6 +203,10 @@ fn dispatch(args: &[String]) -> ArgResult<Outcome> {
         "x32" => {
             Args::parse(rest, &[], &[])?.positional::<0>()?;
             confine::x32()
+        }
+        "tty" => {
+            Args::parse(rest, &[], &[])?.positional::<0>()?;
+            confine::tty()
         }
         "thread" => {
             Args::parse(rest, &[], &[])?.positional::<0>()?;
@@ -1460,6 +1466,60 @@ mod confine {
         let mut v = attempt(rc);
         v["op"] = json!("x32");
         v
+    }
+
+    /// Terminal input injection and unix datagram pairs. TIOCSTI goes to a
+    /// pty this probe opens (not its controlling terminal: allowed for root,
+    /// EPERM for other users; EIO where `dev.tty.legacy_tiocsti` is 0);
+    /// TIOCLINUX on a pty is EINVAL (it serves virtual consoles) unless
+    /// refused.
+    pub fn tty() -> Value {
+        let mut out = Map::new();
+        // SAFETY: plain libc calls on descriptors this function owns.
+        let slave = unsafe {
+            let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+            if master < 0 {
+                return json!({"op": "tty", "error": error(&io::Error::last_os_error())});
+            }
+            let master = OwnedFd::from_raw_fd(master);
+            if libc::grantpt(master.as_raw_fd()) != 0 || libc::unlockpt(master.as_raw_fd()) != 0 {
+                return json!({"op": "tty", "error": error(&io::Error::last_os_error())});
+            }
+            let mut name = [0 as libc::c_char; 128];
+            if libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()) != 0 {
+                return json!({"op": "tty", "error": error(&io::Error::last_os_error())});
+            }
+            let fd = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+            if fd < 0 {
+                return json!({"op": "tty", "error": error(&io::Error::last_os_error())});
+            }
+            (master, OwnedFd::from_raw_fd(fd))
+        };
+        let byte: libc::c_char = b'x' as libc::c_char;
+        // SAFETY: TIOCSTI reads one byte from the pointer.
+        let rc = unsafe { libc::ioctl(slave.1.as_raw_fd(), libc::TIOCSTI, &byte) };
+        out.insert("TIOCSTI".into(), attempt(rc as libc::c_long));
+        // Subcode 7 (TIOCL_GETSHIFTSTATE) reads the shift state: harmless.
+        let mut sub = [7u8; 2];
+        // SAFETY: TIOCLINUX reads (and may write) the small buffer.
+        let rc = unsafe { libc::ioctl(slave.1.as_raw_fd(), libc::TIOCLINUX, sub.as_mut_ptr()) };
+        out.insert("TIOCLINUX".into(), attempt(rc as libc::c_long));
+        for (name, ty) in [
+            ("socketpair_dgram", libc::SOCK_DGRAM),
+            ("socketpair_stream", libc::SOCK_STREAM),
+        ] {
+            let mut sv = [-1 as libc::c_int; 2];
+            // SAFETY: sv is a live array of two c_ints.
+            let rc = unsafe {
+                libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, sv.as_mut_ptr())
+            };
+            out.insert(name.into(), attempt(rc as libc::c_long));
+            if rc == 0 {
+                close_returned(sv[0] as libc::c_long);
+                close_returned(sv[1] as libc::c_long);
+            }
+        }
+        json!({"op": "tty", "calls": out})
     }
 
     pub fn thread() -> Value {

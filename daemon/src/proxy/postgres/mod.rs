@@ -292,7 +292,17 @@ fn startup(params: Vec<(String, String)>, minor: i32) -> Result<Startup, String>
                 )
             }
             k if k.starts_with("_pq_.") => pq_options.push(k.to_owned()),
-            k if STARTUP_ALLOWED.contains(&k.to_ascii_lowercase().as_str()) => rest.push((k.to_owned(), v)),
+            k if STARTUP_ALLOWED.contains(&k.to_ascii_lowercase().as_str()) => {
+                // Set at start-up as if by SET: the same limits (e.g.
+                // standard_conforming_strings=off would make the server read
+                // backslashes in strings the policy reads as plain text).
+                if let Some(why) = crate::policy::startup_setting_problem(k, &v) {
+                    return Err(format!(
+                        "start-up parameter `{k}` may not be set to {v:?} through cordon: {why}"
+                    ));
+                }
+                rest.push((k.to_owned(), v))
+            }
             k => {
                 return Err(format!(
                     "start-up parameter `{k}` is not allowed through cordon (allowed: user, database, {})",
@@ -565,5 +575,24 @@ mod tests {
         assert!(p(&[("user", "bob"), ("options", "  ")]).is_ok());
         let s = p(&[("user", "bob"), ("_pq_.compression", "on")]).unwrap();
         assert_eq!(s.negotiate.map(|n| n.1.len()), Some(1));
+        // Settings take the SET rules: these would make the server read SQL
+        // (or names) differently from the policy.
+        for (k, v) in [
+            ("standard_conforming_strings", "off"),
+            ("Standard_Conforming_Strings", "0"),
+            ("search_path", "hr, public"),
+            ("search_path", "\"Public\""),
+            ("client_encoding", "SJIS"),
+        ] {
+            let err = p(&[("user", "bob"), (k, v)]).err().unwrap_or_default();
+            assert!(err.contains(&format!("`{k}`")), "{k}={v}: {err}");
+        }
+        for (k, v) in [
+            ("standard_conforming_strings", "on"),
+            ("search_path", "public, pg_catalog"),
+            ("client_encoding", "UTF8"),
+        ] {
+            assert!(p(&[("user", "bob"), (k, v)]).is_ok(), "{k}={v}");
+        }
     }
 }

@@ -59,6 +59,12 @@ const SEEN_ONCE: usize = 4096;
 /// without end. Drivers' statement caches stay far below (hundreds).
 const MAX_NAMED: usize = 65_536;
 
+/// Messages sent on that the database has not answered yet, above which
+/// Cordon stops reading the agent until answers come. After an error the
+/// database skips everything up to the next Sync without a word, so an
+/// agent that never sends one could otherwise queue without end.
+const MAX_IN_FLIGHT: usize = 16_384;
+
 pub struct Setup {
     pub gw: Arc<Gateway>,
     pub session: SessionId,
@@ -111,7 +117,12 @@ struct Pending {
 enum Expect {
     /// Simple query (or a denied FunctionCall): everything up to ReadyForQuery.
     Query(Box<Pending>),
-    Parse(Option<Denial>),
+    /// `undo`: how to put Cordon's statement map back if the database
+    /// fails or skips this Parse.
+    Parse {
+        denial: Option<Denial>,
+        undo: Option<Undo>,
+    },
     Bind,
     /// `swallow`: injected by Cordon to learn a portal's columns; the agent
     /// did not ask and does not see the answer.
@@ -122,8 +133,23 @@ enum Expect {
         statement: Option<Arc<Prepared>>,
     },
     Execute(Box<Pending>),
-    Close,
+    /// `undo`: for a Close of a statement, how to put it back if the
+    /// database skips the Close.
+    Close {
+        undo: Option<Undo>,
+    },
     Sync,
+}
+
+/// What a statement name meant in Cordon's map before a Parse or Close
+/// changed it on its way to the database. The map changes when the message
+/// is sent (a pipelined Bind must see it); when the database fails the
+/// message, or skips it after an earlier error, the change is undone, so the
+/// map never names a statement the database does not hold under that name.
+#[derive(Debug)]
+struct Undo {
+    name: String,
+    previous: Option<Arc<Prepared>>,
 }
 
 /// A statement prepared with Parse and allowed.
@@ -247,6 +273,8 @@ pub struct Session {
     /// Syncs and simple queries sent upstream, and those answered
     /// (ReadyForQuery): the generations of [`Portal`].
     syncs_sent: u64,
+    /// Extended-protocol messages were sent since the last Sync.
+    unsynced: bool,
     syncs_answered: u64,
 }
 
@@ -308,6 +336,7 @@ impl Session {
             agent,
             cutoff: None,
             syncs_sent: 0,
+            unsynced: false,
             syncs_answered: 0,
         }
     }
@@ -344,7 +373,7 @@ impl Session {
             Err(stop) => stop,
             Ok(()) => loop {
                 tokio::select! {
-                    r = agent.read_buf(&mut agent_in) => match r {
+                    r = agent.read_buf(&mut agent_in), if self.expect.len() < MAX_IN_FLIGHT => match r {
                         Ok(0) => break Stop::Closed,
                         Ok(_) => {
                             if let Err(stop) = self.on_agent_bytes(&mut agent_in).await {
@@ -489,7 +518,20 @@ impl Session {
             ));
         }
         match msg.tag {
+            // After an extended-protocol error the database skips to Sync: a
+            // Query (or FunctionCall) in that stretch would never run, yet be
+            // answered in Cordon's books by what follows. Clients send Sync
+            // before they go back to the simple protocol.
+            b'Q' | b'F' if self.unsynced => return Err(self.protocol_violation(
+                "a simple Query or FunctionCall after extended-protocol messages without a Sync",
+            )),
+            b'P' | b'B' | b'D' | b'E' | b'C' => self.unsynced = true,
+            b'S' => self.unsynced = false,
+            _ => {}
+        }
+        match msg.tag {
             b'Q' => {
+                self.described = None;
                 let sql = Reader::new(&msg)
                     .str()
                     .map_err(|e| self.protocol_violation(&e.to_string()))?
@@ -528,17 +570,16 @@ impl Session {
                 let decision = self.decide_cached(&sql);
                 let text: Arc<str> = Arc::from(sql.as_str());
                 // PostgreSQL refuses to redefine a named statement that exists (42P05) and
-                // keeps the old one: so does Cordon's map, or a re-Parse could relabel an
-                // approved (or any) statement as something else.
+                // keeps the old one. Cordon's map may also name a statement the database
+                // no longer holds (SQL DEALLOCATE or DISCARD ALL): the new statement is
+                // vetted and mapped like any other, and the undo puts the old one back
+                // when the database answers 42P05, so a re-Parse can neither relabel
+                // the old statement nor run unvetted.
                 let keeps_old = !name.is_empty() && self.prepared.contains_key(&name);
                 // An `approve` statement is held at each Execute, once its
                 // parameters are bound: a reviewer must see what will run.
                 let needs_approval = decision.action == Action::Approve;
                 match self.vet(&decision, &sql, !needs_approval).await {
-                    Ok(_) if keeps_old => {
-                        msg.write_to(&mut self.to_upstream);
-                        self.expect.push_back(Expect::Parse(None));
-                    }
                     Ok(_) => {
                         if self.prepared.len() >= MAX_NAMED && !self.prepared.contains_key(&name) {
                             return Err(self.protocol_violation(&format!(
@@ -546,8 +587,8 @@ impl Session {
                             )));
                         }
                         msg.write_to(&mut self.to_upstream);
-                        self.prepared.insert(
-                            name,
+                        let previous = self.prepared.insert(
+                            name.clone(),
                             Arc::new(Prepared {
                                 text,
                                 rule: Arc::from(decision.rule.as_str()),
@@ -560,15 +601,26 @@ impl Session {
                                 described: std::sync::OnceLock::new(),
                             }),
                         );
-                        self.expect.push_back(Expect::Parse(None));
+                        self.expect.push_back(Expect::Parse {
+                            denial: None,
+                            undo: Some(Undo { name, previous }),
+                        });
                     }
                     Err(denial) => {
                         let mut pending = self.pending(text, &decision);
                         pending.denial = Some(denial.clone());
                         self.deny(&pending)?;
-                        if !keeps_old {
-                            self.prepared.remove(&name);
-                        }
+                        // The database drops the unnamed statement at any Parse of it,
+                        // even a failing one; a named one it keeps.
+                        let previous = if keeps_old {
+                            None
+                        } else {
+                            self.prepared.remove(&name)
+                        };
+                        let undo = previous.map(|p| Undo {
+                            name: name.clone(),
+                            previous: Some(p),
+                        });
                         let token = self.token.clone();
                         Builder::new(b'P')
                             .cstr(name.as_bytes())
@@ -576,7 +628,10 @@ impl Session {
                             .i16(0)
                             .finish()
                             .write_to(&mut self.to_upstream);
-                        self.expect.push_back(Expect::Parse(Some(denial)));
+                        self.expect.push_back(Expect::Parse {
+                            denial: Some(denial),
+                            undo,
+                        });
                     }
                 }
             }
@@ -650,6 +705,10 @@ impl Session {
                     .str()
                     .map_err(|e| self.protocol_violation(&e.to_string()))?
                     .to_owned();
+                // A description serves the one Execute that follows it: the
+                // next Execute (of another portal, or of this one after it was
+                // suspended and another ran) learns its columns again.
+                let described_now = self.described.take().as_deref() == Some(portal.as_str());
                 // What the portal runs is what was bound, whatever the
                 // statement's name means now.
                 let bound = self.portals.get(&portal).cloned();
@@ -685,7 +744,7 @@ impl Session {
                         }
                     }
                 }
-                if self.masker.is_some() && self.described.as_deref() != Some(portal.as_str()) {
+                if self.masker.is_some() && !described_now {
                     // Learn the portal's columns and formats, whatever the
                     // agent did or did not describe.
                     let mut out = BytesMut::new();
@@ -700,6 +759,7 @@ impl Session {
                         statement: None,
                     });
                 }
+
                 msg.write_to(&mut self.to_upstream);
                 self.expect.push_back(Expect::Execute(Box::new(pending)));
             }
@@ -712,13 +772,19 @@ impl Session {
                     .str()
                     .map_err(|e| self.protocol_violation(&e.to_string()))?
                     .to_owned();
-                if kind == b'S' {
-                    self.prepared.remove(&name);
+                // Portals die with a failed transaction anyway; a statement a
+                // skipped Close leaves in the database is put back.
+                let undo = if kind == b'S' {
+                    self.prepared.remove(&name).map(|p| Undo {
+                        name,
+                        previous: Some(p),
+                    })
                 } else {
                     self.portals.remove(&name);
-                }
+                    None
+                };
                 msg.write_to(&mut self.to_upstream);
-                self.expect.push_back(Expect::Close);
+                self.expect.push_back(Expect::Close { undo });
             }
             b'S' => {
                 msg.write_to(&mut self.to_upstream);
@@ -1139,7 +1205,7 @@ impl Session {
                 msg.write_to(&mut self.to_agent);
             }
             b'1' => {
-                if let Some(Expect::Parse(_)) = self.expect.front() {
+                if let Some(Expect::Parse { .. }) = self.expect.front() {
                     self.expect.pop_front();
                 }
                 msg.write_to(&mut self.to_agent);
@@ -1151,7 +1217,7 @@ impl Session {
                 msg.write_to(&mut self.to_agent);
             }
             b'3' => {
-                if let Some(Expect::Close) = self.expect.front() {
+                if let Some(Expect::Close { .. }) = self.expect.front() {
                     self.expect.pop_front();
                 }
                 msg.write_to(&mut self.to_agent);
@@ -1238,7 +1304,7 @@ impl Session {
         let denial = if ours {
             match self.expect.front() {
                 Some(Expect::Query(p)) | Some(Expect::Execute(p)) => p.denial.clone(),
-                Some(Expect::Parse(d)) => d.clone(),
+                Some(Expect::Parse { denial, .. }) => denial.clone(),
                 _ => None,
             }
         } else {
@@ -1285,11 +1351,29 @@ impl Session {
                         }
                     }
                 }
+                let mut undos = Vec::new();
                 while let Some(front) = self.expect.front() {
                     if matches!(front, Expect::Sync) {
                         break;
                     }
-                    self.expect.pop_front();
+                    if let Some(
+                        Expect::Parse { undo: Some(u), .. } | Expect::Close { undo: Some(u) },
+                    ) = self.expect.pop_front()
+                    {
+                        undos.push(u);
+                    }
+                }
+                // Newest first: the map returns to what it was before the
+                // first message the database failed or skipped.
+                for Undo { name, previous } in undos.into_iter().rev() {
+                    match previous {
+                        Some(p) => {
+                            self.prepared.insert(name, p);
+                        }
+                        None => {
+                            self.prepared.remove(&name);
+                        }
+                    }
                 }
             }
         }
