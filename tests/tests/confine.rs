@@ -565,6 +565,61 @@ fn terminal_input_injection_and_unix_datagram_pairs_are_refused() {
     c.finish(|| probe_context(&d, &[&inside, &inside_nobody, &unix_dgram, &outside]));
 }
 
+/// A socket belongs to the cgroup of the process that made it: one the
+/// launcher hands down would sit outside every hook. Descriptors above 2 are
+/// not passed to the agent, and a datagram or unconnected socket as stdio is
+/// refused.
+#[test]
+fn inherited_descriptors_are_not_passed_on_and_socket_stdio_is_refused() {
+    require_root!();
+    let echo = EchoServer::v4();
+    let d = Daemon::start(Setup::bot_with_echo(&echo.address()));
+    let mut c = Checks::new();
+    let cordon = format!(
+        "'{}' --config '{}' run --agent bot --",
+        cordon_bin().display(),
+        d.config().display()
+    );
+    // fd 5: a file the launcher left open (anything it did not mark
+    // close-on-exec, sockets included).
+    let script = format!(
+        "exec 5</etc/hostname; exec {cordon} sh -c 'if [ -e /proc/self/fd/5 ]; then echo LEAKED; else echo CLOSED; fi'"
+    );
+    let out = run_with_limit(Command::new("bash").args(["-c", &script]), PROBE_TIME_LIMIT);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    c.check(
+        out.status.success() && stdout.trim() == "CLOSED",
+        format!(
+            "fd 5 of the launcher inside the agent: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    );
+    // The same without cordon: the descriptor is there (the check can fail).
+    let plain = run_with_limit(
+        Command::new("bash").args([
+            "-c",
+            "exec 5</etc/hostname; exec sh -c 'if [ -e /proc/self/fd/5 ]; then echo LEAKED; else echo CLOSED; fi'",
+        ]),
+        PROBE_TIME_LIMIT,
+    );
+    c.check(
+        String::from_utf8_lossy(&plain.stdout).trim() == "LEAKED",
+        format!("without cordon run fd 5 should be inherited: {plain:?}"),
+    );
+    // A UDP socket (bash connects it, but a datagram socket can still
+    // sendto anywhere) as standard input: refused before anything runs.
+    let script = format!("exec 0<>/dev/udp/127.0.0.1/9; exec {cordon} sh -c 'echo STARTED'");
+    let out = run_with_limit(Command::new("bash").args(["-c", &script]), PROBE_TIME_LIMIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    c.check(
+        !out.status.success()
+            && stderr.contains("standard input is a datagram socket")
+            && !String::from_utf8_lossy(&out.stdout).contains("STARTED"),
+        format!("UDP socket as stdin: {stderr}"),
+    );
+    c.finish(|| d.context());
+}
+
 #[test]
 fn x32_syscalls_are_refused() {
     require_root!();

@@ -174,6 +174,50 @@ fn pin_refuses_unknown_agents_and_paths_outside_cgroup2() {
     c.finish(|| d.context());
 }
 
+/// A cgroup whose ancestor a user may change (a delegated subtree) cannot
+/// hold an agent: that user's agent could create a sibling cgroup there and
+/// move itself out of capture. `cordon pin` refuses it, and so does `cordon
+/// run` when the delegation happens after the pin.
+#[test]
+fn pin_and_run_refuse_a_cgroup_under_a_delegated_ancestor() {
+    use std::os::unix::fs::chown;
+    require_root!();
+    let echo = EchoServer::v4();
+    let d = Daemon::start(Setup::bot_with_echo(&echo.address()));
+    let parent = ForeignCgroup::new();
+    let child = parent.0.join("agent");
+    fs::create_dir(&child).expect("create the agent cgroup");
+    let mut c = Checks::new();
+    let child_str = child.display().to_string();
+    let pinned = d.cordon_output(&["pin", "--agent", "bot", "--cgroup", &child_str]);
+    c.check(
+        pinned.status.success(),
+        format!(
+            "pin under a root-owned ancestor: {}",
+            String::from_utf8_lossy(&pinned.stderr)
+        ),
+    );
+    // Delegate the parent to nobody, as systemd does for a user's subtree.
+    chown(&parent.0, Some(NOBODY), Some(NOBODY)).expect("chown the parent cgroup");
+    let run = d.cordon_output(&["run", "--agent", "bot", "--", "true"]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    c.check(
+        !run.status.success()
+            && err.contains("owned by uid 65534")
+            && err.contains(&parent.0.display().to_string()),
+        format!("run under a delegated ancestor: {err}"),
+    );
+    let repinned = d.cordon_output(&["pin", "--agent", "bot", "--cgroup", &child_str]);
+    let err = String::from_utf8_lossy(&repinned.stderr);
+    c.check(
+        !repinned.status.success() && err.contains("move itself out"),
+        format!("pin under a delegated ancestor: {err}"),
+    );
+    chown(&parent.0, Some(0), Some(0)).expect("chown the parent back");
+    let _ = fs::remove_dir(&child);
+    c.finish(|| d.context());
+}
+
 #[test]
 fn so_original_dst_answers_transparent_proxy_code_in_the_daemon_cgroup() {
     require_root!();

@@ -18,6 +18,12 @@ pub enum CgroupError {
     },
     #[error("{path} is not inside the cgroup2 mount {mount}")]
     Outside { path: PathBuf, mount: PathBuf },
+    #[error(
+        "{path} is {why}: a process of that user inside the agent could create a cgroup \
+         there and move itself out of the agent's (and out of capture); use a cgroup whose \
+         ancestors only root can change"
+    )]
+    Escapable { path: PathBuf, why: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
@@ -64,6 +70,37 @@ pub fn check_inside(mount: &Path, path: &Path) -> Result<(), CgroupError> {
             mount: mount.to_owned(),
         })
     }
+}
+
+/// Checks that no one but root can change the cgroups above `path` (up to
+/// and including the mount): moving a process between two cgroups takes
+/// write access to `cgroup.procs` of their common ancestor, and a new cgroup
+/// takes write access to its parent directory. Were an ancestor delegated to
+/// a user (e.g. a systemd user session's subtree), that user's agent could
+/// mkdir a sibling and leave the agent's cgroup.
+pub fn check_ancestors_locked(mount: &Path, path: &Path) -> Result<(), CgroupError> {
+    use std::os::unix::fs::MetadataExt as _;
+    for dir in path.ancestors().skip(1) {
+        if !dir.starts_with(mount) {
+            break;
+        }
+        for item in [dir.to_owned(), dir.join("cgroup.procs")] {
+            let meta = std::fs::metadata(&item).map_err(io_err(&item))?;
+            let why = if meta.uid() != 0 {
+                Some(format!("owned by uid {}", meta.uid()))
+            } else if meta.mode() & 0o002 != 0 {
+                Some("writable by every user".to_owned())
+            } else if meta.mode() & 0o020 != 0 && meta.gid() != 0 {
+                Some(format!("writable by group {}", meta.gid()))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(CgroupError::Escapable { path: item, why });
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn create(path: &Path) -> Result<(), CgroupError> {

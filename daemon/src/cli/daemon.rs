@@ -135,6 +135,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 p
             }
         };
+        cgroup::check_ancestors_locked(&mount, &path).with_context(|| format!("agent `{name}`"))?;
         if own_cgroup.starts_with(&path) {
             anyhow::bail!(
                 "the daemon runs inside agent `{name}`'s cgroup {}: start it outside every agent cgroup",

@@ -31,6 +31,7 @@ pub fn run(config: &Path, agent: &str, command: &[OsString]) -> anyhow::Result<(
     let Some((program, args)) = command.split_first() else {
         bail!("no command given: use `cordon run --agent NAME -- CMD [ARGS...]`");
     };
+    check_stdio_sockets()?;
     let id_token = super::login::presented_token()?;
     let joined: Joined = super::call_typed(
         config,
@@ -61,12 +62,92 @@ pub fn run(config: &Path, agent: &str, command: &[OsString]) -> anyhow::Result<(
     // Unix sockets stay usable only where the kernel enforces the daemon's
     // allow list (BPF LSM); otherwise they are refused outright.
     seccomp::confine(joined.unix_sockets)?;
+    // A socket keeps the cgroup of the process that made it: one inherited
+    // from the launcher would be outside every hook. Descriptors above
+    // stderr are not passed on (close-on-exec; stdio was checked above).
+    close_inherited_descriptors()?;
     // The human's login is theirs, not the agent's.
     let err = Command::new(program)
         .args(args)
         .env_remove(super::login::TOKEN_ENV)
         .exec();
     bail!("cannot run {}: {err}", program.to_string_lossy())
+}
+
+/// Standard input, output and error may be sockets only when connected
+/// streams (a pipe-like end: a systemd journal stream, an ssh session's
+/// socketpair). A datagram socket can be aimed anywhere with `sendto`, and
+/// an unconnected or listening one can connect or accept outside capture,
+/// because it was made outside the agent's cgroup.
+#[allow(unsafe_code)]
+fn check_stdio_sockets() -> anyhow::Result<()> {
+    for (fd, name) in [
+        (0, "standard input"),
+        (1, "standard output"),
+        (2, "standard error"),
+    ] {
+        // SAFETY: fstat writes into a zeroed stat buffer we own.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            continue;
+        }
+        let mut ty: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: SO_TYPE writes one c_int into `ty`, whose size is passed.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_TYPE,
+                (&raw mut ty).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            bail!(
+                "{name} is a socket whose type cannot be read: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        if ty != libc::SOCK_STREAM && ty != libc::SOCK_SEQPACKET {
+            bail!(
+                "{name} is a datagram socket: the agent could send anywhere through it, outside capture; \
+                 start it with a pipe, a file or a terminal there"
+            );
+        }
+        // SAFETY: getpeername writes at most `len` bytes into the buffer.
+        let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        if unsafe { libc::getpeername(fd, (&raw mut addr).cast(), &mut len) } != 0 {
+            bail!(
+                "{name} is an unconnected or listening socket: the agent could connect or accept through it, \
+                 outside capture; start it with a pipe, a file or a terminal there"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Marks every descriptor above 2 close-on-exec.
+#[allow(unsafe_code)]
+fn close_inherited_descriptors() -> anyhow::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range only changes descriptor flags of this process.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if rc == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.11: one by one.
+    let fds: Vec<i32> = fs::read_dir("/proc/self/fd")
+        .context("listing this process's descriptors")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD on a descriptor number; a stale one fails with EBADF.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
 }
 
 #[allow(unsafe_code)]

@@ -933,6 +933,11 @@ fn join(gw: &Gateway, caller: &Caller, agent: &str) -> Result<Response, Response
         .identity
         .cgroup_of(agent)
         .ok_or_else(|| Response::err(format!("agent `{agent}` has no pinned cgroup")))?;
+    // A delegation made after the pin (a chown of an ancestor) would let
+    // the agent leave: checked at every join.
+    let mount = capture::cgroup::cgroup2_mount().map_err(|e| Response::err(e.to_string()))?;
+    capture::cgroup::check_ancestors_locked(&mount, &cgroup)
+        .map_err(|e| Response::err(format!("refused to join agent `{agent}`: {e}")))?;
     // (A caller inside an agent never gets here: `outside_agents`.)
     // Last check before acting on the pid number: it must still be the
     // process that connected (not a reuse of its pid), running as the caller.
@@ -968,6 +973,8 @@ fn pin(gw: &Gateway, agent: &str, cgroup: &Path) -> Result<Response, Response> {
     };
     let mount = capture::cgroup::cgroup2_mount().map_err(|e| Response::err(e.to_string()))?;
     capture::cgroup::check_inside(&mount, cgroup).map_err(|e| Response::err(e.to_string()))?;
+    capture::cgroup::check_ancestors_locked(&mount, cgroup)
+        .map_err(|e| Response::err(e.to_string()))?;
     let attached = {
         let mut cap = gw
             .capture
