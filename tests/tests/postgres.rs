@@ -11,7 +11,7 @@ use std::{
 
 use cordon_tests::{
     pg::{self, PgOptions, PgServer, ROLE_MD5, ROLE_PLAIN, ROLE_SCRAM, SHOP_DB},
-    require_root, run_with_limit, Daemon, Setup, FAR_FUTURE,
+    require_root, run_with_limit, Background, Daemon, Setup, FAR_FUTURE,
 };
 use serde_json::Value;
 
@@ -612,4 +612,51 @@ fn a_live_session_ends_when_its_grant_expires() {
         d.context()
     );
     assert!(started.elapsed() < Duration::from_secs(25), "{t}");
+}
+
+/// An agent that stops reading blocks Cordon's writes to it: the grant's
+/// end must still close the session (and the database transaction behind
+/// it) instead of waiting on the agent.
+#[test]
+fn a_grant_ends_a_session_whose_agent_stopped_reading() {
+    require_root!();
+    let pg = PgServer::start(PgOptions::plain()).expect("postgres");
+    let mut setup = pg_setup(&pg.addr().to_string(), "pg-readonly", Some(ROLE_SCRAM), "");
+    setup.extra = setup
+        .extra
+        .replace(FAR_FUTURE, &cordon_tests::rfc3339_from_now(6));
+    let d = Daemon::start(setup);
+    d.vault_set("shop-db", "password", &pg.password(ROLE_SCRAM));
+    // About 200 MB of rows, none of them read.
+    let script = format!(
+        r#"
+import socket, struct, time
+s = socket.create_connection(("127.0.0.1", {port}), timeout=60)
+body = struct.pack("!I", 196608) + b"user\x00analyst\x00database\x00shop\x00\x00"
+s.sendall(struct.pack("!I", len(body) + 4) + body)
+data = b""
+while not data.endswith(b"Z\x00\x00\x00\x05I"):
+    data += s.recv(65536)
+q = b"select repeat('x', 100000) from generate_series(1, 2000)\x00"
+s.sendall(b"Q" + struct.pack("!I", len(q) + 4) + q)
+print("sent", flush=True)
+time.sleep(40)
+"#,
+        port = pg.port()
+    );
+    let mut cmd = d.cordon(&["run", "--agent", "bot", "--"]);
+    cmd.args(pg::as_nobody(vec![
+        "/usr/bin/python3".into(),
+        "-c".into(),
+        script,
+    ]));
+    let agent = Background::spawn(&mut cmd, "agent that stops reading");
+    let started = std::time::Instant::now();
+    let session = d.wait_session("cut short by the grant's end", |s| {
+        s["protocol"] == "postgres"
+            && !s["ended_at"].is_null()
+            && s["end_reason"].as_str().unwrap_or("").contains("grant")
+    });
+    assert!(started.elapsed() < Duration::from_secs(10), "{session}");
+    drop(agent);
 }

@@ -65,6 +65,9 @@ const MAX_NAMED: usize = 65_536;
 /// agent that never sends one could otherwise queue without end.
 const MAX_IN_FLIGHT: usize = 16_384;
 
+/// How long the agent has to take the session's last ErrorResponse.
+const LAST_WORDS: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct Setup {
     pub gw: Arc<Gateway>,
     pub session: SessionId,
@@ -393,10 +396,13 @@ impl Session {
                     },
                     stop = &mut ended => break stop,
                 }
-                if let Err(stop) = self
-                    .flush(&mut agent, &mut upstream, &mut bytes_up, &mut bytes_down)
-                    .await
-                {
+                // An agent that stops reading blocks this write: the grant's
+                // end must still end the session (and its transaction).
+                let flushed = tokio::select! {
+                    r = self.flush(&mut agent, &mut upstream, &mut bytes_up, &mut bytes_down) => r,
+                    stop = &mut ended => Err(stop),
+                };
+                if let Err(stop) = flushed {
                     break stop;
                 }
                 if agent_in.capacity() - agent_in.len() < 4096 {
@@ -429,9 +435,13 @@ impl Session {
                 .write_to(&mut self.to_agent);
         }
         if end != End::Closed {
-            let _ = self
-                .flush(&mut agent, &mut upstream, &mut bytes_up, &mut bytes_down)
-                .await;
+            // Last words are best effort: an agent that does not read them
+            // does not keep the session open.
+            let _ = tokio::time::timeout(
+                LAST_WORDS,
+                self.flush(&mut agent, &mut upstream, &mut bytes_up, &mut bytes_down),
+            )
+            .await;
         }
         // Statements still waiting for an answer are recorded as cut short.
         while let Some(e) = self.expect.pop_front() {
@@ -511,6 +521,14 @@ impl Session {
     }
 
     async fn on_agent(&mut self, msg: Message) -> Result<(), Stop> {
+        // Statement records are keyed by their number: a wrapped number would
+        // overwrite the session's first records.
+        if self.seq >= u32::MAX - 1 {
+            return Err(Stop::Internal(format!(
+                "this session has used all {} statement numbers of its audit record",
+                u32::MAX - 1
+            )));
+        }
         // Fail closed: nothing more is relayed once statements cannot be recorded.
         if self.gw.postgres.writer.failed() {
             return Err(Stop::Internal(
@@ -980,7 +998,8 @@ impl Session {
 
     fn next_seq(&mut self) -> u32 {
         let s = self.seq;
-        self.seq = self.seq.wrapping_add(1);
+        // `on_agent` ends the session before the numbers run out.
+        self.seq = self.seq.saturating_add(1);
         s
     }
 
