@@ -218,6 +218,39 @@ fn pin_and_run_refuse_a_cgroup_under_a_delegated_ancestor() {
     c.finish(|| d.context());
 }
 
+/// An allowed unix path in a directory the agent may write could be
+/// re-pointed (a symlink to the session bus, say) and connected under the
+/// allowed name: `cordon run` refuses to start an agent that could.
+#[test]
+fn run_refuses_an_agent_that_could_repoint_an_allowed_unix_path() {
+    use std::os::unix::fs::PermissionsExt as _;
+    require_root!();
+    let echo = EchoServer::v4();
+    let allowed = UnixServer::new();
+    let d = Daemon::start(Setup::bot_with_echo(&echo.address()).unix_allow(&allowed.path_str()));
+    let mut c = Checks::new();
+    let fine = d.cordon_output(&["run", "--agent", "bot", "--", "true"]);
+    c.check(
+        fine.status.success(),
+        format!(
+            "run with a root-owned allowed path: {}",
+            String::from_utf8_lossy(&fine.stderr)
+        ),
+    );
+    let dir = allowed.path.parent().expect("socket dir").to_owned();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).expect("chmod 777");
+    let run = d.cordon_output(&["run", "--agent", "bot", "--", "true"]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    c.check(
+        !run.status.success()
+            && err.contains(&allowed.path_str())
+            && err.contains(&format!("{} is writable", dir.display())),
+        format!("run with a world-writable directory on the allowed path: {err}"),
+    );
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod back");
+    c.finish(|| d.context());
+}
+
 #[test]
 fn so_original_dst_answers_transparent_proxy_code_in_the_daemon_cgroup() {
     require_root!();

@@ -15,7 +15,7 @@ use std::{
 use cordon_tests::{
     require_root, run_with_limit,
     ssh::{SshServer, TEST_PASSWORD, TEST_USER},
-    Daemon, Setup, FAR_FUTURE,
+    Daemon, Setup, FAR_FUTURE, NOBODY,
 };
 use serde_json::Value;
 
@@ -870,7 +870,10 @@ fn agent_forwarding_is_refused_and_recorded() {
         .prefix("cordon-agent-")
         .tempdir()
         .expect("tempdir");
-    chmod(sock_dir.path(), 0o777);
+    // The socket's directory is its owner's (nobody): one every user may
+    // write is refused by `cordon run` (see pin.rs).
+    std::os::unix::fs::chown(sock_dir.path(), Some(NOBODY), Some(NOBODY)).expect("chown");
+    chmod(sock_dir.path(), 0o700);
     let sock = sock_dir.path().join("agent.sock");
     // The agent's own ssh-agent (as nobody, outside the cgroup), allowed by the unix list.
     let mut agent = Command::new("setpriv")
@@ -1190,7 +1193,11 @@ fn a_denied_command_leaves_the_connection_usable_for_other_channels() {
         .prefix("cordon-mux-")
         .tempdir()
         .expect("tempdir");
-    chmod(mux_dir.path(), 0o777);
+    // The agent (uid 65534) makes its control socket there. A directory
+    // any user may write would let any agent put a link to another socket
+    // at the allowed path: `cordon run` refuses that (see pin.rs).
+    std::os::unix::fs::chown(mux_dir.path(), Some(NOBODY), Some(NOBODY)).expect("chown mux dir");
+    chmod(mux_dir.path(), 0o700);
     let control = mux_dir.path().join("master.sock");
     let setup = ssh_setup(&server, "ssh-readonly", Some(&server.host_key), "")
         .unix_allow(&control.display().to_string());

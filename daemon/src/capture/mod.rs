@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod landlock;
 mod raw_bpf;
 pub mod seccomp;
+pub mod unixpath;
 
 use std::{
     collections::HashMap as StdHashMap,

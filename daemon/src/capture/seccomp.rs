@@ -27,8 +27,11 @@
 //!   sight); glibc then falls back to `clone`, whose flags the filter reads.
 //! - The mount family: `mount`, `umount2`, `open_tree`, `open_tree_attr`,
 //!   `move_mount`, `fsopen`, `fsconfig`, `fsmount`, `fspick`,
-//!   `mount_setattr`, `pivot_root`, `chroot`: nothing may rearrange which
-//!   file a path names (the unix allow list is by path).
+//!   `mount_setattr`, `pivot_root`, `chroot`: no mount may rearrange which
+//!   file a path names (the unix allow list is by path). Symlinks and
+//!   renames are ordinary file operations: `cordon run` refuses an agent
+//!   that could write a directory on an allowed path
+//!   (`capture::unixpath`).
 //! - Reaching into other processes: `ptrace`, `process_vm_readv`,
 //!   `process_vm_writev`, `pidfd_getfd` (steal a connected socket from a
 //!   process outside the cgroup), `kcmp`. Writing `/proc/<pid>/mem` of

@@ -341,6 +341,11 @@ impl UnixName {
             ))
         }
     }
+    /// The filesystem path, for names that are not abstract.
+    pub fn path(&self) -> Option<&Path> {
+        (!self.0.starts_with('@')).then(|| Path::new(&self.0))
+    }
+
     /// The `sun_path` bytes as the kernel programs compare them.
     pub fn sun_path(&self) -> Vec<u8> {
         match self.0.strip_prefix('@') {

@@ -938,6 +938,24 @@ fn join(gw: &Gateway, caller: &Caller, agent: &str) -> Result<Response, Response
     let mount = capture::cgroup::cgroup2_mount().map_err(|e| Response::err(e.to_string()))?;
     capture::cgroup::check_ancestors_locked(&mount, &cgroup)
         .map_err(|e| Response::err(format!("refused to join agent `{agent}`: {e}")))?;
+    // The unix allow list is by path: a path this caller could re-point
+    // (a writable directory on the way) would let its agent reach any socket.
+    if !gw.config.daemon.unix_allow.is_empty() {
+        let writer = capture::unixpath::Writer::of_process(pid).map_err(|e| {
+            Response::err(format!(
+                "refused to join agent `{agent}`: reading the caller's ids: {e}"
+            ))
+        })?;
+        for path in gw.config.daemon.unix_allow.iter().filter_map(|n| n.path()) {
+            if let Some(why) = capture::unixpath::replaceable(path, &writer) {
+                return Err(Response::err(format!(
+                    "refused to join agent `{agent}`: daemon.unix_allow entry {}: {why}; \
+                     allow only sockets in directories the agent cannot write",
+                    path.display()
+                )));
+            }
+        }
+    }
     // (A caller inside an agent never gets here: `outside_agents`.)
     // Last check before acting on the pid number: it must still be the
     // process that connected (not a reuse of its pid), running as the caller.
