@@ -200,6 +200,23 @@ fn readonly_agent_reads_masked_data_and_is_denied_the_rest() {
     assert!(out.status.success(), "{t}");
     assert_eq!(t.lines().count(), 20, "{t}");
     assert!(!t.contains("@example.com"), "{t}");
+    // With another delimiter a field could land under another column's
+    // rule: refused, with the reason.
+    let out = pgclient(
+        &d,
+        &pg,
+        "analyst",
+        &[
+            "copyout",
+            "copy customers (note, email, name) to stdout (format csv, delimiter '|')",
+        ],
+    );
+    let t = text(&out);
+    assert!(
+        !out.status.success() && t.contains("42501") && t.contains("DELIMITER"),
+        "{t}"
+    );
+    assert!(!t.contains("@example.com"), "{t}");
     let out = pgclient(
         &d,
         &pg,

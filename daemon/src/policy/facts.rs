@@ -610,12 +610,29 @@ fn copy_out(source: &CopySource, options: &[CopyOption], legacy: &[CopyLegacyOpt
             };
         }
     }
+    // Options that change how values are framed or encoded: Cordon's COPY
+    // reader splits rows the default way (tab, or comma and double quote),
+    // so under these a field could line up with another column.
+    let mut reframed = options.iter().any(|o| {
+        !matches!(
+            o,
+            CopyOption::Format(_) | CopyOption::Header(_) | CopyOption::Freeze(_)
+        )
+    });
     for o in legacy {
         match o {
             CopyLegacyOption::Binary => format = CopyFormat::Binary,
-            CopyLegacyOption::Csv(_) => format = CopyFormat::Csv,
-            _ => {}
+            CopyLegacyOption::Csv(csv) => {
+                format = CopyFormat::Csv;
+                reframed |= csv
+                    .iter()
+                    .any(|c| !matches!(c, sqlparser::ast::CopyLegacyCsvOption::Header));
+            }
+            _ => reframed = true,
         }
+    }
+    if reframed && format != CopyFormat::Binary {
+        format = CopyFormat::Reframed;
     }
     match source {
         CopySource::Table {

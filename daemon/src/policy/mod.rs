@@ -307,6 +307,9 @@ pub enum CopyFormat {
     Text,
     Csv,
     Binary,
+    /// Text or csv with DELIMITER, QUOTE, ESCAPE, NULL, FORCE_* or
+    /// ENCODING: framed otherwise than Cordon's COPY reader splits rows.
+    Reframed,
 }
 
 /// The verdict on one statement.

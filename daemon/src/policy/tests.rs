@@ -1602,6 +1602,39 @@ fn copy_out_table() {
                 format: CopyFormat::Csv,
             }),
         ),
+        (
+            "COPY users (address, ssn, note) TO STDOUT (FORMAT csv, DELIMITER '|')",
+            Some(t(
+                "public",
+                "users",
+                &["address", "ssn", "note"],
+                CopyFormat::Reframed,
+            )),
+        ),
+        (
+            "COPY users TO STDOUT (FORMAT csv, QUOTE '''', HEADER true)",
+            Some(t("public", "users", &[], CopyFormat::Reframed)),
+        ),
+        (
+            "COPY users TO STDOUT (NULL 'x')",
+            Some(t("public", "users", &[], CopyFormat::Reframed)),
+        ),
+        (
+            "COPY users TO STDOUT (ENCODING 'SJIS')",
+            Some(t("public", "users", &[], CopyFormat::Reframed)),
+        ),
+        (
+            "COPY users TO STDOUT WITH DELIMITER '|'",
+            Some(t("public", "users", &[], CopyFormat::Reframed)),
+        ),
+        (
+            "COPY users TO STDOUT WITH CSV QUOTE '|'",
+            Some(t("public", "users", &[], CopyFormat::Reframed)),
+        ),
+        (
+            "COPY users TO STDOUT (FORMAT binary, DELIMITER '|')",
+            Some(t("public", "users", &[], CopyFormat::Binary)),
+        ),
         ("COPY users FROM STDIN", None),
         ("COPY users FROM STDIN (FORMAT csv)", None),
         ("SELECT 1", None),

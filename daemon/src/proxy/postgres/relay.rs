@@ -974,6 +974,15 @@ impl Session {
                 CopyOut::Table { format, .. } => (*format, false),
                 CopyOut::Query { format } => (*format, true),
             };
+            if format == CopyFormat::Reframed {
+                return Err(Denial {
+                    message: format!(
+                        "policy {}: COPY ... TO STDOUT with DELIMITER, QUOTE, ESCAPE, NULL, FORCE_* or ENCODING cannot be masked; use the default text or csv framing",
+                        self.policy.name
+                    ),
+                    hint: None,
+                });
+            }
             if format == CopyFormat::Binary {
                 return Err(Denial {
                     message: format!(
