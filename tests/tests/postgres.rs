@@ -217,6 +217,20 @@ fn readonly_agent_reads_masked_data_and_is_denied_the_rest() {
         "{t}"
     );
     assert!(!t.contains("@example.com"), "{t}");
+    // A masked value turned into a name the server then fails to find would
+    // come back in the error (`relation "alice_example_com" does not exist`).
+    for sql in [
+        "select 1 from customers where translate(email, '@.', '__')::regclass is null",
+        "select 1 from customers where current_setting(translate(email, '@', '.')) is null",
+    ] {
+        let out = pgclient(&d, &pg, "analyst", &["query", sql]);
+        let t = text(&out);
+        assert!(!out.status.success() && t.contains("***"), "{sql}: {t}");
+        assert!(
+            !t.contains("example_com") && !t.contains("example.com"),
+            "{sql}: a masked value came back in the error: {t}"
+        );
+    }
     let out = pgclient(
         &d,
         &pg,

@@ -11,6 +11,11 @@ use super::{Masker, REDACTED};
 /// Severity, SQLSTATE, positions, object names, source file/line/routine are passed through.
 const FREE_TEXT_FIELDS: &[u8] = b"MDHWpq";
 
+/// Errors that name an object the statement looked up by a name it may have
+/// computed from data: undefined table, object, function or schema, and
+/// invalid or reserved names (reg* casts, current_setting, to_reg*).
+const NAME_FROM_VALUE_STATES: &[&str] = &["42P01", "42704", "42883", "3F000", "42602", "42939"];
+
 /// XML errors put libxml's diagnostics in the detail, which quote the offending input unmarked.
 const XML_STATES: &[&str] = &["2200L", "2200M", "2200N", "2200S", "2200T"];
 
@@ -52,6 +57,12 @@ pub(super) fn field(
     let text = if column_rules_present && (sqlstate.starts_with("22") || sqlstate.starts_with("23"))
     {
         redact_values(sqlstate, field, text)
+    } else if column_rules_present && NAME_FROM_VALUE_STATES.contains(&sqlstate) {
+        // Names in these errors can come from values: `email::regclass`
+        // answers `relation "alice@x.com" does not exist`, and so do casts to
+        // regtype, regrole, regproc and regnamespace, or current_setting(email).
+        // Every quoted string goes, names included.
+        Cow::Owned(redact_quoted(text, false))
     } else {
         Cow::Borrowed(text)
     };
@@ -70,7 +81,7 @@ fn redact_values<'a>(sqlstate: &str, field: u8, text: &'a str) -> Cow<'a, str> {
     let text = redact_parenthesised(text, &["Key (", "key ("], Some(")=("));
     let text = redact_parenthesised(&text, &["Failing row contains ("], None).into_owned();
     let text = redact_json_context(&text);
-    Cow::Owned(redact_quoted(&text))
+    Cow::Owned(redact_quoted(&text, true))
 }
 
 fn sub(text: &str, range: std::ops::Range<usize>) -> &str {
@@ -162,7 +173,9 @@ fn after_identifier_word(before: &str) -> bool {
 /// Every quoted value becomes `"***"`. A value may itself contain quotes, so a value extends to the
 /// last matching closing quote of the text (over-redacting rather than leaking a tail); identifiers
 /// (see [`IDENTIFIER_WORDS`]) end at the next quote.
-fn redact_quoted(text: &str) -> String {
+/// Redacts quoted strings; `keep_identifiers`: a double-quoted name after
+/// an [`IDENTIFIER_WORDS`] word stays.
+fn redact_quoted(text: &str, keep_identifiers: bool) -> String {
     let mut out = String::with_capacity(text.len());
     let mut pos = 0usize;
     while let Some((off, open, close)) = sub(text, pos..text.len())
@@ -173,7 +186,7 @@ fn redact_quoted(text: &str) -> String {
         let inner = quote + open.len_utf8();
         out.push_str(sub(text, pos..inner));
         let rest = sub(text, inner..text.len());
-        if open == '"' && after_identifier_word(sub(text, 0..quote)) {
+        if keep_identifiers && open == '"' && after_identifier_word(sub(text, 0..quote)) {
             let end = rest.find('"').map_or(text.len(), |e| inner + e + 1);
             out.push_str(sub(text, inner..end));
             pos = end;
@@ -421,6 +434,19 @@ mod tests {
                 "custom: \"Alice\" card ***************1111",
             ),
             ("42601", b'H', "mail dba@corp.example", "mail ***"),
+            // Names computed from data (email::regclass, current_setting(email)).
+            (
+                "42P01",
+                b'M',
+                "relation \"alice_x_com\" does not exist",
+                "relation \"***\" does not exist",
+            ),
+            (
+                "42704",
+                b'M',
+                "unrecognized configuration parameter \"alice.x\"",
+                "unrecognized configuration parameter \"***\"",
+            ),
         ];
         for (sqlstate, field_type, text, want) in cases {
             assert_eq!(m.message_field(sqlstate, *field_type, text, true), *want);
