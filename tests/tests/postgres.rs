@@ -624,16 +624,22 @@ fn hex_decode(s: &str) -> Vec<u8> {
         .collect()
 }
 
-#[test]
-fn a_live_session_ends_when_its_grant_expires() {
-    require_root!();
+/// A database and a daemon whose `pg-readonly` grant ends `secs` from now.
+fn readonly_grant_expiring_in(secs: i64) -> (PgServer, Daemon) {
     let pg = PgServer::start(PgOptions::plain()).expect("postgres");
     let mut setup = pg_setup(&pg.addr().to_string(), "pg-readonly", Some(ROLE_SCRAM), "");
     setup.extra = setup
         .extra
-        .replace(FAR_FUTURE, &cordon_tests::rfc3339_from_now(6));
+        .replace(FAR_FUTURE, &cordon_tests::rfc3339_from_now(secs));
     let d = Daemon::start(setup);
     d.vault_set("shop-db", "password", &pg.password(ROLE_SCRAM));
+    (pg, d)
+}
+
+#[test]
+fn a_live_session_ends_when_its_grant_expires() {
+    require_root!();
+    let (pg, d) = readonly_grant_expiring_in(6);
     let started = std::time::Instant::now();
     let out = pgclient(&d, &pg, "analyst", &["query", "select pg_sleep(30)"]);
     let t = text(&out);
@@ -651,13 +657,7 @@ fn a_live_session_ends_when_its_grant_expires() {
 #[test]
 fn a_grant_ends_a_session_whose_agent_stopped_reading() {
     require_root!();
-    let pg = PgServer::start(PgOptions::plain()).expect("postgres");
-    let mut setup = pg_setup(&pg.addr().to_string(), "pg-readonly", Some(ROLE_SCRAM), "");
-    setup.extra = setup
-        .extra
-        .replace(FAR_FUTURE, &cordon_tests::rfc3339_from_now(6));
-    let d = Daemon::start(setup);
-    d.vault_set("shop-db", "password", &pg.password(ROLE_SCRAM));
+    let (pg, d) = readonly_grant_expiring_in(6);
     // About 200 MB of rows, none of them read.
     let script = format!(
         r#"
