@@ -48,10 +48,48 @@ pub(super) enum Problem {
     CopyStar { target: String },
     #[error("the column alias list of {relation} renames columns that may be masked; drop the column alias list")]
     ColumnAliases { relation: String },
+    #[error("{function} with a payload that is not a literal would send column values to the client where masking cannot follow them (even from a WHERE clause); use a literal payload")]
+    SideChannel { function: String },
+}
+
+/// Functions whose arguments reach the client outside the result rows
+/// (NOTIFY payloads), whatever clause they sit in.
+const SIDE_CHANNEL_FUNCTIONS: &[&str] = &["pg_notify"];
+
+/// A call to a side-channel function with any argument that is not a
+/// literal, anywhere in the statement (predicates included).
+fn side_channel(stmt: &Statement) -> Option<Problem> {
+    let mut found = None;
+    let _ = sqlparser::ast::visit_expressions(stmt, |e| {
+        if let Expr::Function(f) = e {
+            let name = last_name(&f.name);
+            if SIDE_CHANNEL_FUNCTIONS.contains(&name.as_str()) {
+                let literal_only = match &f.args {
+                    FunctionArguments::List(list) => list.args.iter().all(|a| {
+                        matches!(
+                            a,
+                            FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(_)))
+                        )
+                    }),
+                    FunctionArguments::None => true,
+                    FunctionArguments::Subquery(_) => false,
+                };
+                if !literal_only {
+                    found = Some(Problem::SideChannel { function: name });
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    found
 }
 
 /// Checks one statement against the masking rules.
 pub(super) fn check(stmt: &Statement, rules: &Rules) -> Result<(), Problem> {
+    if let Some(problem) = side_channel(stmt) {
+        return Err(problem);
+    }
     let mut ctx = Ctx {
         rules,
         rows: Names::default(),

@@ -1439,6 +1439,10 @@ fn masked_expression_table() {
             ("SELECT * FROM users u, LATERAL (SELECT upper(u.email)) s", Deny, m),
             ("SELECT * FROM (VALUES ((SELECT email FROM users LIMIT 1))) v(e)", Deny, m),
             ("SELECT pg_notify('c', email) FROM users", Deny, m),
+            // Predicates are not masked, but a NOTIFY payload reaches the client.
+            ("SELECT 1 FROM users WHERE pg_notify('c', email) IS NULL", Deny, m),
+            ("SELECT 1 FROM users WHERE id IN (SELECT 1 WHERE pg_notify('c', name) IS NULL)", Deny, m),
+            ("SELECT pg_notify('c', 'done')", Allow, "t/"),
             // Whole-row references.
             ("SELECT t FROM users t", Deny, m),
             ("SELECT users FROM users", Deny, m),
