@@ -882,6 +882,100 @@ print(repr(until_ready()))
     let t = text(&out);
     assert!(out.status.success() && t.contains("skipped denial"), "{t}");
     assert_eq!(rows(), "1,9");
+    // An error that comes back before the agent's Sync: what the agent sends
+    // until then is skipped by the database, so a re-Parse of the DELETE's
+    // name in that stretch must not rename it in Cordon's books.
+    let agent = raw_agent(
+        r#"
+s.sendall(msg(b"P", cstr("a") + cstr("delete from t_params where i = 9") + b"\x00\x00") + msg(b"S", b""))
+print(repr(until_ready()))
+s.sendall(msg(b"P", cstr("") + cstr("SELEC 1") + b"\x00\x00") + msg(b"H", b""))
+head = f.read(5); f.read(struct.unpack("!I", head[1:])[0] - 4)
+print("error first:", head[:1])
+s.sendall(msg(b"P", cstr("a") + cstr("select 1") + b"\x00\x00") + msg(b"S", b""))
+print(repr(until_ready()))
+s.sendall(msg(b"B", cstr("p") + cstr("a") + b"\x00\x00" * 3)
+          + msg(b"E", cstr("p") + struct.pack("!I", 0)) + msg(b"S", b""))
+print(repr(until_ready()))
+"#,
+    );
+    let hold = w.wait_hold(Who::Human(bob), "where i = 9");
+    let id = hold["id"].as_str().expect("id").to_owned();
+    w.json(
+        Who::Human(bob),
+        &["deny", &id, "--reason", "error before sync"],
+    );
+    let out = agent.finish(LIMIT);
+    let t = text(&out);
+    assert!(
+        out.status.success() && t.contains("error before sync"),
+        "{t}"
+    );
+    assert_eq!(rows(), "1,9");
+    // A portal survives a failed batch when ROLLBACK TO SAVEPOINT returns to
+    // before it: a Close of it in that batch, skipped, must not make Cordon
+    // forget what it runs.
+    let agent = raw_agent(
+        r#"
+def query(q):
+    s.sendall(msg(b"Q", cstr(q)))
+    return until_ready()
+print(repr(query("begin")))
+s.sendall(msg(b"P", cstr("a2") + cstr("delete from t_params where i = 9") + b"\x00\x00")
+          + msg(b"B", cstr("p2") + cstr("a2") + b"\x00\x00" * 3) + msg(b"S", b""))
+print(repr(until_ready()))
+print(repr(query("savepoint s")))
+s.sendall(msg(b"P", cstr("") + cstr("SELEC") + b"\x00\x00") + msg(b"C", b"P" + cstr("p2")) + msg(b"S", b""))
+print(repr(until_ready()))
+print(repr(query("rollback to savepoint s")))
+s.sendall(msg(b"E", cstr("p2") + struct.pack("!I", 0)) + msg(b"S", b""))
+print(repr(until_ready()))
+print(repr(query("commit")))
+"#,
+    );
+    let hold = w.wait_hold(Who::Human(bob), "where i = 9");
+    let id = hold["id"].as_str().expect("id").to_owned();
+    w.json(
+        Who::Human(bob),
+        &["deny", &id, "--reason", "savepoint portal"],
+    );
+    let out = agent.finish(LIMIT);
+    let t = text(&out);
+    assert!(
+        out.status.success() && t.contains("savepoint portal"),
+        "{t}"
+    );
+    assert_eq!(rows(), "1,9");
+    // libpq's COPY FROM STDIN over the extended protocol sends a Sync before
+    // the copy data, which the database ignores in copy-in mode, and another
+    // after it. Cordon must not wait for two answers: counted off by one, a
+    // later 42P05 would undo the wrong Parse and lose the DELETE's name.
+    let agent = raw_agent(
+        r#"
+s.sendall(msg(b"P", cstr("") + cstr("copy t_params from stdin") + b"\x00\x00")
+          + msg(b"B", cstr("") + cstr("") + b"\x00\x00" * 3)
+          + msg(b"E", cstr("") + struct.pack("!I", 0)) + msg(b"S", b""))
+while True:
+    head = f.read(5); f.read(struct.unpack("!I", head[1:])[0] - 4)
+    if head[:1] == b"G": break
+s.sendall(msg(b"d", b"5\n") + msg(b"c", b"") + msg(b"S", b""))
+print(repr(until_ready()))
+s.sendall(msg(b"P", cstr("a3") + cstr("delete from t_params where i = 9") + b"\x00\x00") + msg(b"S", b""))
+print(repr(until_ready()))
+s.sendall(msg(b"P", cstr("a3") + cstr("select 1") + b"\x00\x00") + msg(b"S", b""))
+print(repr(until_ready()))
+s.sendall(msg(b"B", cstr("p") + cstr("a3") + b"\x00\x00" * 3)
+          + msg(b"E", cstr("p") + struct.pack("!I", 0)) + msg(b"S", b""))
+print(repr(until_ready()))
+"#,
+    );
+    let hold = w.wait_hold(Who::Human(bob), "where i = 9");
+    let id = hold["id"].as_str().expect("id").to_owned();
+    w.json(Who::Human(bob), &["deny", &id, "--reason", "after copy"]);
+    let out = agent.finish(LIMIT);
+    let t = text(&out);
+    assert!(out.status.success() && t.contains("after copy"), "{t}");
+    assert_eq!(rows(), "1,5,9");
 }
 
 #[test]

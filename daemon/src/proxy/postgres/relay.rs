@@ -126,7 +126,11 @@ enum Expect {
         denial: Option<Denial>,
         undo: Option<Undo>,
     },
-    Bind,
+    /// `undo`: the portal the Bind replaced, put back if the database
+    /// fails or skips the Bind.
+    Bind {
+        undo: Option<Undo>,
+    },
     /// `swallow`: injected by Cordon to learn a portal's columns; the agent
     /// did not ask and does not see the answer.
     Describe {
@@ -136,8 +140,9 @@ enum Expect {
         statement: Option<Arc<Prepared>>,
     },
     Execute(Box<Pending>),
-    /// `undo`: for a Close of a statement, how to put it back if the
-    /// database skips the Close.
+    /// `undo`: how to put back what the Close removed if the database skips
+    /// it (a portal survives a failed batch when ROLLBACK TO SAVEPOINT
+    /// returns to before it).
     Close {
         undo: Option<Undo>,
     },
@@ -150,9 +155,15 @@ enum Expect {
 /// message, or skips it after an earlier error, the change is undone, so the
 /// map never names a statement the database does not hold under that name.
 #[derive(Debug)]
-struct Undo {
-    name: String,
-    previous: Option<Arc<Prepared>>,
+enum Undo {
+    Statement {
+        name: String,
+        previous: Option<Arc<Prepared>>,
+    },
+    Portal {
+        name: String,
+        previous: Option<Portal>,
+    },
 }
 
 /// A statement prepared with Parse and allowed.
@@ -278,6 +289,14 @@ pub struct Session {
     syncs_sent: u64,
     /// Extended-protocol messages were sent since the last Sync.
     unsynced: bool,
+    /// The database failed an extended-protocol message and no Sync has been
+    /// sent since: it skips everything up to the next Sync, so Cordon does
+    /// not forward, map or await those messages either.
+    skipping: bool,
+    /// The database is in COPY FROM STDIN (CopyInResponse seen, no CopyDone
+    /// or CopyFail sent yet): it ignores Sync and Flush, and anything else
+    /// but copy data is a protocol error.
+    copy_in: bool,
     syncs_answered: u64,
 }
 
@@ -340,6 +359,8 @@ impl Session {
             cutoff: None,
             syncs_sent: 0,
             unsynced: false,
+            skipping: false,
+            copy_in: false,
             syncs_answered: 0,
         }
     }
@@ -468,28 +489,32 @@ impl Session {
         up: &mut u64,
         down: &mut u64,
     ) -> Result<(), Stop> {
+        // write_all_buf advances the buffer as it writes: cancelled half-way
+        // (the grant ended), what was sent is not sent again.
         if !self.to_upstream.is_empty() {
+            let n = self.to_upstream.len() as u64;
             upstream
-                .write_all(&self.to_upstream)
+                .write_all_buf(&mut self.to_upstream)
                 .await
                 .map_err(|e| Stop::Upstream(e.to_string()))?;
             upstream
                 .flush()
                 .await
                 .map_err(|e| Stop::Upstream(e.to_string()))?;
-            *up += self.to_upstream.len() as u64;
+            *up += n;
             self.to_upstream.clear();
         }
         if !self.to_agent.is_empty() {
+            let n = self.to_agent.len() as u64;
             agent
-                .write_all(&self.to_agent)
+                .write_all_buf(&mut self.to_agent)
                 .await
                 .map_err(|e| Stop::Agent(e.to_string()))?;
             agent
                 .flush()
                 .await
                 .map_err(|e| Stop::Agent(e.to_string()))?;
-            *down += self.to_agent.len() as u64;
+            *down += n;
             self.to_agent.clear();
         }
         Ok(())
@@ -546,6 +571,33 @@ impl Session {
             b'P' | b'B' | b'D' | b'E' | b'C' => self.unsynced = true,
             b'S' => self.unsynced = false,
             _ => {}
+        }
+        if self.copy_in {
+            match msg.tag {
+                b'd' | b'H' => {}
+                b'c' | b'f' => self.copy_in = false,
+                // Ignored by the database until the copy ends: not awaited.
+                b'S' => {
+                    msg.write_to(&mut self.to_upstream);
+                    return Ok(());
+                }
+                b'X' => {}
+                other => {
+                    return Err(self.protocol_violation(&format!(
+                        "`{}` during COPY FROM STDIN (send CopyDone or CopyFail first)",
+                        char::from(other).escape_default()
+                    )))
+                }
+            }
+        }
+        if self.skipping {
+            match msg.tag {
+                b'S' => self.skipping = false,
+                b'X' | b'Q' | b'F' => {}
+                // The database would skip it unread: it is not sent, and it
+                // changes nothing in Cordon's books.
+                _ => return Ok(()),
+            }
         }
         match msg.tag {
             b'Q' => {
@@ -621,7 +673,7 @@ impl Session {
                         );
                         self.expect.push_back(Expect::Parse {
                             denial: None,
-                            undo: Some(Undo { name, previous }),
+                            undo: Some(Undo::Statement { name, previous }),
                         });
                     }
                     Err(denial) => {
@@ -635,7 +687,7 @@ impl Session {
                         } else {
                             self.prepared.remove(&name)
                         };
-                        let undo = previous.map(|p| Undo {
+                        let undo = previous.map(|p| Undo::Statement {
                             name: name.clone(),
                             previous: Some(p),
                         });
@@ -654,6 +706,7 @@ impl Session {
                 }
             }
             b'B' => {
+                let bind_undo;
                 let mut r = Reader::new(&msg);
                 let portal = r.str().map(str::to_owned);
                 let stmt = r.str().map(str::to_owned);
@@ -675,8 +728,8 @@ impl Session {
                                 "more than {MAX_NAMED} portals open at once"
                             )));
                         }
-                        self.portals.insert(
-                            p,
+                        let previous = self.portals.insert(
+                            p.clone(),
                             Portal {
                                 statement,
                                 statement_name: s,
@@ -684,13 +737,14 @@ impl Session {
                                 generation: self.syncs_sent,
                             },
                         );
+                        bind_undo = Some(Undo::Portal { name: p, previous });
                     }
                     (Err(e), _) | (_, Err(e)) => {
                         return Err(self.protocol_violation(&e.to_string()))
                     }
                 }
                 msg.write_to(&mut self.to_upstream);
-                self.expect.push_back(Expect::Bind);
+                self.expect.push_back(Expect::Bind { undo: bind_undo });
             }
             b'D' => {
                 let mut r = Reader::new(&msg);
@@ -790,16 +844,17 @@ impl Session {
                     .str()
                     .map_err(|e| self.protocol_violation(&e.to_string()))?
                     .to_owned();
-                // Portals die with a failed transaction anyway; a statement a
-                // skipped Close leaves in the database is put back.
+                // What a skipped Close leaves in the database is put back.
                 let undo = if kind == b'S' {
-                    self.prepared.remove(&name).map(|p| Undo {
+                    self.prepared.remove(&name).map(|p| Undo::Statement {
                         name,
                         previous: Some(p),
                     })
                 } else {
-                    self.portals.remove(&name);
-                    None
+                    self.portals.remove(&name).map(|p| Undo::Portal {
+                        name,
+                        previous: Some(p),
+                    })
                 };
                 msg.write_to(&mut self.to_upstream);
                 self.expect.push_back(Expect::Close { undo });
@@ -1003,6 +1058,37 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Puts a statement or portal name back to what it meant before a
+    /// message the database failed or skipped.
+    fn undo(&mut self, undo: Undo) {
+        match undo {
+            Undo::Statement {
+                name,
+                previous: Some(p),
+            } => {
+                self.prepared.insert(name, p);
+            }
+            Undo::Statement {
+                name,
+                previous: None,
+            } => {
+                self.prepared.remove(&name);
+            }
+            Undo::Portal {
+                name,
+                previous: Some(p),
+            } => {
+                self.portals.insert(name, p);
+            }
+            Undo::Portal {
+                name,
+                previous: None,
+            } => {
+                self.portals.remove(&name);
+            }
+        }
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -1239,7 +1325,7 @@ impl Session {
                 msg.write_to(&mut self.to_agent);
             }
             b'2' => {
-                if let Some(Expect::Bind) = self.expect.front() {
+                if let Some(Expect::Bind { .. }) = self.expect.front() {
                     self.expect.pop_front();
                 }
                 msg.write_to(&mut self.to_agent);
@@ -1298,6 +1384,21 @@ impl Session {
             }
             b'c' => {
                 self.copy = None;
+                msg.write_to(&mut self.to_agent);
+            }
+            b'G' => {
+                // Syncs the agent sent after the statement that started the
+                // copy reach a database in copy-in mode, which ignores them.
+                self.copy_in = true;
+                let mut kept = VecDeque::with_capacity(self.expect.len());
+                for (i, e) in std::mem::take(&mut self.expect).into_iter().enumerate() {
+                    if i > 0 && matches!(e, Expect::Sync) {
+                        self.syncs_sent = self.syncs_sent.saturating_sub(1);
+                        continue;
+                    }
+                    kept.push_back(e);
+                }
+                self.expect = kept;
                 msg.write_to(&mut self.to_agent);
             }
             b'A' => {
@@ -1360,6 +1461,8 @@ impl Session {
         out.write_to(&mut self.to_agent);
         self.plan = None;
         self.copy = None;
+        // An error ends a COPY FROM STDIN in the database.
+        self.copy_in = false;
         match self.expect.front_mut() {
             Some(Expect::Query(p)) => {
                 if !ours {
@@ -1385,7 +1488,9 @@ impl Session {
                         break;
                     }
                     if let Some(
-                        Expect::Parse { undo: Some(u), .. } | Expect::Close { undo: Some(u) },
+                        Expect::Parse { undo: Some(u), .. }
+                        | Expect::Close { undo: Some(u) }
+                        | Expect::Bind { undo: Some(u) },
                     ) = self.expect.pop_front()
                     {
                         undos.push(u);
@@ -1393,15 +1498,13 @@ impl Session {
                 }
                 // Newest first: the map returns to what it was before the
                 // first message the database failed or skipped.
-                for Undo { name, previous } in undos.into_iter().rev() {
-                    match previous {
-                        Some(p) => {
-                            self.prepared.insert(name, p);
-                        }
-                        None => {
-                            self.prepared.remove(&name);
-                        }
-                    }
+                for undo in undos.into_iter().rev() {
+                    self.undo(undo);
+                }
+                // No Sync sent yet: what the agent sends until it comes is
+                // skipped by the database.
+                if self.expect.is_empty() {
+                    self.skipping = true;
                 }
             }
         }
