@@ -73,8 +73,9 @@ pub fn check_inside(mount: &Path, path: &Path) -> Result<(), CgroupError> {
 }
 
 /// Checks that no one but root can change the cgroups above `path` (up to
-/// and including the mount): moving a process between two cgroups takes
-/// write access to `cgroup.procs` of their common ancestor, and a new cgroup
+/// and including the mount): moving a process (or thread) between two
+/// cgroups takes write access to `cgroup.procs` (`cgroup.threads`) of their
+/// common ancestor, and a new cgroup
 /// takes write access to its parent directory. Were an ancestor delegated to
 /// a user (e.g. a systemd user session's subtree), that user's agent could
 /// mkdir a sibling and leave the agent's cgroup.
@@ -84,8 +85,22 @@ pub fn check_ancestors_locked(mount: &Path, path: &Path) -> Result<(), CgroupErr
         if !dir.starts_with(mount) {
             break;
         }
-        for item in [dir.to_owned(), dir.join("cgroup.procs")] {
-            let meta = std::fs::metadata(&item).map_err(io_err(&item))?;
+        // cgroup.threads moves single threads (threaded subtrees) under the
+        // same rule as cgroup.procs.
+        for item in [
+            dir.to_owned(),
+            dir.join("cgroup.procs"),
+            dir.join("cgroup.threads"),
+        ] {
+            let meta = match std::fs::metadata(&item) {
+                Ok(meta) => meta,
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound && item.ends_with("cgroup.threads") =>
+                {
+                    continue
+                }
+                Err(e) => return Err(io_err(&item)(e)),
+            };
             let why = if meta.uid() != 0 {
                 Some(format!("owned by uid {}", meta.uid()))
             } else if meta.mode() & 0o002 != 0 {
@@ -168,5 +183,56 @@ mod tests {
             parse_mountinfo("1 2 0:1 / /x rw - ext4 /dev/sda rw\n"),
             None
         );
+    }
+
+    /// A tree of directories laid out like cgroups (as root: root-owned).
+    #[test]
+    fn ancestors_must_be_roots_alone() {
+        use std::os::unix::fs::PermissionsExt as _;
+        if unsafe_getuid() != 0 {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "this test needs root (to chown its tree), and CI runs as root"
+            );
+            eprintln!("skipped: not root, so the test tree cannot be chowned");
+            return;
+        }
+        let mount = tempfile::tempdir().unwrap();
+        let agent = mount.path().join("cordon").join("bot");
+        std::fs::create_dir_all(&agent).unwrap();
+        for dir in [mount.path(), &mount.path().join("cordon"), &agent] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            for f in ["cgroup.procs", "cgroup.threads"] {
+                std::fs::write(dir.join(f), b"").unwrap();
+                std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644))
+                    .unwrap();
+            }
+        }
+        assert!(check_ancestors_locked(mount.path(), &agent).is_ok());
+        // The agent's own cgroup may be anyone's: only ancestors count.
+        std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(check_ancestors_locked(mount.path(), &agent).is_ok());
+        let threads = mount.path().join("cordon").join("cgroup.threads");
+        std::fs::set_permissions(&threads, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = check_ancestors_locked(mount.path(), &agent)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cgroup.threads") && err.contains("every user"),
+            "{err}"
+        );
+        std::fs::set_permissions(&threads, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(mount.path(), std::fs::Permissions::from_mode(0o775)).unwrap();
+        std::os::unix::fs::chown(mount.path(), None, Some(4242)).unwrap();
+        let err = check_ancestors_locked(mount.path(), &agent)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("writable by group 4242"), "{err}");
+    }
+
+    #[allow(unsafe_code)]
+    fn unsafe_getuid() -> u32 {
+        // SAFETY: getuid has no preconditions.
+        unsafe { libc::getuid() }
     }
 }
