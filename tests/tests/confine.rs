@@ -606,17 +606,26 @@ fn inherited_descriptors_are_not_passed_on_and_socket_stdio_is_refused() {
         String::from_utf8_lossy(&plain.stdout).trim() == "LEAKED",
         format!("without cordon run fd 5 should be inherited: {plain:?}"),
     );
-    // A UDP socket (bash connects it, but a datagram socket can still
-    // sendto anywhere) as standard input: refused before anything runs.
-    let script = format!("exec 0<>/dev/udp/127.0.0.1/9; exec {cordon} sh -c 'echo STARTED'");
-    let out = run_with_limit(Command::new("bash").args(["-c", &script]), PROBE_TIME_LIMIT);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    c.check(
-        !out.status.success()
-            && stderr.contains("standard input is a datagram socket")
-            && !String::from_utf8_lossy(&out.stdout).contains("STARTED"),
-        format!("UDP socket as stdin: {stderr}"),
-    );
+    // Network sockets as standard input, even connected ones (a TCP socket
+    // can be disconnected and connected anywhere): refused before anything
+    // runs.
+    for (what, redirect) in [
+        ("UDP", "exec 0<>/dev/udp/127.0.0.1/9".to_owned()),
+        (
+            "TCP",
+            format!("exec 0<>/dev/tcp/{}", echo.address().replace(':', "/")),
+        ),
+    ] {
+        let script = format!("{redirect}; exec {cordon} sh -c 'echo STARTED'");
+        let out = run_with_limit(Command::new("bash").args(["-c", &script]), PROBE_TIME_LIMIT);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        c.check(
+            !out.status.success()
+                && stderr.contains("standard input is a network socket")
+                && !String::from_utf8_lossy(&out.stdout).contains("STARTED"),
+            format!("{what} socket as stdin: {stderr}"),
+        );
+    }
     c.finish(|| d.context());
 }
 

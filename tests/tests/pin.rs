@@ -8,6 +8,7 @@ use std::{
     fs,
     io::BufRead,
     path::{Path, PathBuf},
+    process::Command,
     time::Duration,
 };
 
@@ -248,6 +249,21 @@ fn run_refuses_an_agent_that_could_repoint_an_allowed_unix_path() {
         format!("run with a world-writable directory on the allowed path: {err}"),
     );
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod back");
+    // From another mount namespace (a unit's PrivateTmp, a container) the
+    // same path may name other files: refused.
+    let out = Command::new("unshare")
+        .args(["--mount", "--"])
+        .arg(cordon_tests::cordon_bin())
+        .arg("--config")
+        .arg(d.config())
+        .args(["run", "--agent", "bot", "--", "true"])
+        .output()
+        .expect("unshare");
+    let err = String::from_utf8_lossy(&out.stderr);
+    c.check(
+        !out.status.success() && err.contains("another mount namespace"),
+        format!("run from another mount namespace: {err}"),
+    );
     c.finish(|| d.context());
 }
 

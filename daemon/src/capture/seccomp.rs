@@ -10,9 +10,10 @@
 //!   protocol but `NETLINK_ROUTE` (what getaddrinfo needs): no packet sockets
 //!   or other families the cgroup hooks do not cover, and no unix sockets
 //!   where the kernel cannot check their paths. `socketpair()` stays allowed
-//!   for stream and seqpacket pairs, which stay connected to each other; a
-//!   datagram pair is refused where unix sockets are (its ends can
-//!   `sendto()` or `connect()` any named or abstract unix address).
+//!   for unix stream and seqpacket pairs, which stay connected to each
+//!   other; other families are refused, and so are datagram pairs (and
+//!   SOCK_RAW, which the kernel makes one) where unix sockets are (their ends
+//!   can `sendto()` or `connect()` any named or abstract unix address).
 //! - `ioctl` `TIOCSTI` and `TIOCLINUX`: both push bytes into a terminal's
 //!   input. An agent started from a shell shares that shell's terminal, and
 //!   whatever it typed there would run in the shell, outside the cgroup.
@@ -203,19 +204,20 @@ pub fn agent_filter(allow_unix: bool) -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     rules.insert(libc::SYS_socket, socket_rules);
     // socketpair() of stream and seqpacket unix sockets makes a pair that
-    // stays connected to itself: widely used, and allowed. Datagram ends can
-    // be aimed anywhere later (sendto, connect): refused where unix sockets
-    // are. The type's low bits are the type, the rest flags (SOCK_CLOEXEC).
+    // stays connected to itself: widely used, and allowed. Any other family
+    // is refused (none of them is captured). Datagram ends can be aimed
+    // anywhere later (sendto, connect): refused where unix sockets are; so is
+    // every other type, since the kernel quietly makes SOCK_RAW a datagram
+    // pair. The type's low 4 bits are the type, the rest flags (SOCK_CLOEXEC).
+    let mut pair_rules = vec![rule(vec![cond(0, Op::Ne, af_unix)?])?];
     if !allow_unix {
-        rules.insert(
-            libc::SYS_socketpair,
-            vec![rule(vec![cond(
-                1,
-                Op::MaskedEq(0xf),
-                libc::SOCK_DGRAM as u64,
-            )?])?],
-        );
+        for ty in 0..16u64 {
+            if ty != libc::SOCK_STREAM as u64 && ty != libc::SOCK_SEQPACKET as u64 {
+                pair_rules.push(rule(vec![cond(1, Op::MaskedEq(0xf), ty)?])?);
+            }
+        }
     }
+    rules.insert(libc::SYS_socketpair, pair_rules);
     // ioctl's request is an unsigned int: the low 32 bits are compared.
     let ioctl_rules = REFUSED_IOCTLS
         .iter()
@@ -415,6 +417,30 @@ mod tests {
             libc::SYS_socketpair,
             [libc::AF_UNIX as usize, dgram_cloexec, 0, 0, 0],
             libc::EPERM,
+        ));
+        calls.push((
+            "socketpair raw (a datagram pair to the kernel)",
+            libc::SYS_socketpair,
+            [libc::AF_UNIX as usize, libc::SOCK_RAW as usize, 0, 0, 0],
+            libc::EPERM,
+        ));
+        calls.push((
+            "socketpair of another family",
+            libc::SYS_socketpair,
+            [libc::AF_TIPC as usize, libc::SOCK_STREAM as usize, 0, 0, 0],
+            libc::EPERM,
+        ));
+        calls.push((
+            "socketpair seqpacket",
+            libc::SYS_socketpair,
+            [
+                libc::AF_UNIX as usize,
+                libc::SOCK_SEQPACKET as usize,
+                0,
+                0,
+                0,
+            ],
+            libc::EFAULT,
         ));
         calls.push((
             "socketpair stream",

@@ -50,60 +50,115 @@ impl Writer {
     }
 }
 
-/// Why `writer` could make `path` name another socket, if it could. Both
-/// the path as written and the path its symlinks lead to are checked.
+/// Why `writer` could make `path` name another socket, if it could. The
+/// path is followed the way the kernel follows it, one component at a time:
+/// every symlink on the way (a dangling one included) is read, and the
+/// directories its target goes through are checked too.
 pub fn replaceable(path: &Path, writer: &Writer) -> Option<String> {
-    if let Some(why) = walk(path, writer) {
-        return Some(why);
-    }
-    let real = real_path(path)?;
-    if real != path {
-        return walk(&real, writer).map(|why| format!("{why} (where {} leads)", path.display()));
-    }
-    None
+    walk(path, writer, 0)
 }
 
-/// `path` with symlinks resolved; a missing last component is kept as is.
-fn real_path(path: &Path) -> Option<PathBuf> {
-    std::fs::canonicalize(path).ok().or_else(|| {
-        let parent = std::fs::canonicalize(path.parent()?).ok()?;
-        Some(parent.join(path.file_name()?))
-    })
-}
+/// Symlinks followed before giving up (the kernel's limit is 40).
+const MAX_LINKS: usize = 40;
 
-fn walk(path: &Path, writer: &Writer) -> Option<String> {
+fn walk(path: &Path, writer: &Writer, links: usize) -> Option<String> {
+    if links > MAX_LINKS {
+        return Some(format!(
+            "{} goes through more than {MAX_LINKS} symlinks",
+            path.display()
+        ));
+    }
+    let components: Vec<Component<'_>> = path.components().collect();
     let mut dir = PathBuf::from("/");
-    for component in path.components() {
-        let Component::Normal(name) = component else {
-            continue;
+    for (i, component) in components.iter().enumerate() {
+        let name = match component {
+            Component::Normal(name) => name,
+            Component::ParentDir => {
+                // `dir` has no symlinks in it: `..` is its parent.
+                dir.pop();
+                continue;
+            }
+            _ => continue,
         };
         let entry = dir.join(name);
-        if let Ok(meta) = std::fs::metadata(&dir) {
-            if writer.may_write(&meta) {
-                let sticky = meta.mode() & 0o1000 != 0;
-                // In a sticky directory only an entry's owner (or the
-                // directory's) may remove or rename it; anyone may create one.
-                let protected = sticky
-                    && (writer.uid == 0 || meta.uid() != writer.uid)
-                    && std::fs::symlink_metadata(&entry)
-                        .is_ok_and(|e| writer.uid == 0 || e.uid() != writer.uid);
-                if !protected {
-                    let who = if meta.mode() & 0o002 != 0 {
-                        "every user".to_owned()
-                    } else {
-                        format!("uid {}", writer.uid)
-                    };
-                    return Some(format!(
-                        "{} is writable by {who}, who could put another socket, or a link to one, at {}",
-                        dir.display(),
-                        entry.display()
-                    ));
-                }
+        if let Some(why) = directory_problem(&dir, &entry, writer) {
+            return Some(why);
+        }
+        let is_link = std::fs::symlink_metadata(&entry).is_ok_and(|m| m.file_type().is_symlink());
+        if is_link {
+            let Ok(target) = std::fs::read_link(&entry) else {
+                return Some(format!(
+                    "{} is a symlink that cannot be read",
+                    entry.display()
+                ));
+            };
+            let mut next = if target.is_absolute() {
+                target
+            } else {
+                dir.join(target)
+            };
+            for rest in components.iter().skip(i + 1) {
+                next.push(rest.as_os_str());
             }
+            return walk(&next, writer, links + 1);
         }
         dir = entry;
     }
     None
+}
+
+/// Whether `writer` could replace `entry` in `dir`.
+fn directory_problem(dir: &Path, entry: &Path, writer: &Writer) -> Option<String> {
+    let meta = std::fs::metadata(dir).ok()?;
+    if has_access_acl(dir) {
+        return Some(format!(
+            "{} has an access ACL, which Cordon does not evaluate (it may let the agent replace {})",
+            dir.display(),
+            entry.display()
+        ));
+    }
+    if !writer.may_write(&meta) {
+        return None;
+    }
+    // In a sticky directory only an entry's owner (or the directory's) may
+    // remove or rename it; anyone may create one.
+    let sticky = meta.mode() & 0o1000 != 0;
+    let protected = sticky
+        && (writer.uid == 0 || meta.uid() != writer.uid)
+        && std::fs::symlink_metadata(entry).is_ok_and(|e| writer.uid == 0 || e.uid() != writer.uid);
+    if protected {
+        return None;
+    }
+    let who = if meta.mode() & 0o002 != 0 {
+        "every user".to_owned()
+    } else {
+        format!("uid {}", writer.uid)
+    };
+    Some(format!(
+        "{} is writable by {who}, who could put another socket, or a link to one, at {}",
+        dir.display(),
+        entry.display()
+    ))
+}
+
+/// Whether `path` carries a POSIX access ACL (extra users or groups).
+#[allow(unsafe_code)]
+fn has_access_acl(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return true;
+    };
+    // SAFETY: both strings are NUL-terminated; a null buffer of size 0 only
+    // asks for the value's size.
+    let n = unsafe {
+        libc::getxattr(
+            c_path.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    n > 0
 }
 
 #[cfg(test)]
@@ -157,5 +212,13 @@ mod tests {
             ),
             None
         );
+        // A dangling symlink: its target's directory is checked too.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let open = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let link = dir.path().join("link.sock");
+        std::os::unix::fs::symlink(open.path().join("nothing-yet.sock"), &link).unwrap();
+        let why = replaceable(&link, &nobody()).unwrap();
+        assert!(why.contains(&open.path().display().to_string()), "{why}");
     }
 }

@@ -74,11 +74,12 @@ pub fn run(config: &Path, agent: &str, command: &[OsString]) -> anyhow::Result<(
     bail!("cannot run {}: {err}", program.to_string_lossy())
 }
 
-/// Standard input, output and error may be sockets only when connected
+/// Standard input, output and error may be sockets only when connected unix
 /// streams (a pipe-like end: a systemd journal stream, an ssh session's
-/// socketpair). A datagram socket can be aimed anywhere with `sendto`, and
-/// an unconnected or listening one can connect or accept outside capture,
-/// because it was made outside the agent's cgroup.
+/// socketpair). Made outside the agent's cgroup, any other socket is outside
+/// capture: a network socket can be disconnected (connect AF_UNSPEC) and
+/// connected anywhere, a datagram one aimed anywhere with `sendto`, and an
+/// unconnected or listening one can connect or accept.
 #[allow(unsafe_code)]
 fn check_stdio_sockets() -> anyhow::Result<()> {
     for (fd, name) in [
@@ -90,6 +91,25 @@ fn check_stdio_sockets() -> anyhow::Result<()> {
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
             continue;
+        }
+        let mut domain: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: SO_DOMAIN writes one c_int into `domain`, whose size is passed.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_DOMAIN,
+                (&raw mut domain).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 || domain != libc::AF_UNIX {
+            bail!(
+                "{name} is a network socket: made outside the agent's cgroup, it is outside capture, \
+                 and even a connected one can be disconnected and connected anywhere; start the agent \
+                 with a pipe, a file, a terminal or a unix socket there"
+            );
         }
         let mut ty: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;

@@ -941,6 +941,16 @@ fn join(gw: &Gateway, caller: &Caller, agent: &str) -> Result<Response, Response
     // The unix allow list is by path: a path this caller could re-point
     // (a writable directory on the way) would let its agent reach any socket.
     if !gw.config.daemon.unix_allow.is_empty() {
+        // The paths are checked in the daemon's mount namespace: a caller in
+        // another (a unit's PrivateTmp, a container) may see other files
+        // under the same names.
+        let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/mnt")).ok();
+        if ns("self").is_none() || ns("self") != ns(&pid.to_string()) {
+            return Err(Response::err(format!(
+                "refused to join agent `{agent}`: the caller runs in another mount namespace, where \
+                 the daemon cannot check the paths of daemon.unix_allow"
+            )));
+        }
         let writer = capture::unixpath::Writer::of_process(pid).map_err(|e| {
             Response::err(format!(
                 "refused to join agent `{agent}`: reading the caller's ids: {e}"
