@@ -837,6 +837,16 @@ print(repr(until_ready()))
     assert!(out.status.success() && t.contains("not row 9"), "{t}");
     assert_eq!(rows(), "1,9");
 
+    // The raw agent's DELETE of row 9 is held; the reviewer denies it, and
+    // the agent's client hears the reason.
+    let deny_row_9 = |agent: Background, reason: &str| {
+        let hold = w.wait_hold(Who::Human(bob), "where i = 9");
+        let id = hold["id"].as_str().expect("id").to_owned();
+        w.json(Who::Human(bob), &["deny", &id, "--reason", reason]);
+        let out = agent.finish(LIMIT);
+        let t = text(&out);
+        assert!(out.status.success() && t.contains(reason), "{t}");
+    };
     // Cordon's statement map follows the database's through failures: a
     // name whose Parse the database failed, re-Parsed as the DELETE, is the
     // DELETE (held), not the SELECT that never existed.
@@ -850,12 +860,7 @@ s.sendall(msg(b"P", cstr("s2") + cstr("delete from t_params where i = 9") + b"\x
 print(repr(until_ready()))
 "#,
     );
-    let hold = w.wait_hold(Who::Human(bob), "where i = 9");
-    let id = hold["id"].as_str().expect("id").to_owned();
-    w.json(Who::Human(bob), &["deny", &id, "--reason", "stale name"]);
-    let out = agent.finish(LIMIT);
-    let t = text(&out);
-    assert!(out.status.success() && t.contains("stale name"), "{t}");
+    deny_row_9(agent, "stale name");
     assert_eq!(rows(), "1,9");
     // A denied Parse the database skips (after an earlier error) leaves the
     // database's unnamed statement, the DELETE, in place: a Bind to it is
@@ -872,15 +877,7 @@ s.sendall(msg(b"B", cstr("p") + cstr("") + b"\x00\x00" * 3)
 print(repr(until_ready()))
 "#,
     );
-    let hold = w.wait_hold(Who::Human(bob), "where i = 9");
-    let id = hold["id"].as_str().expect("id").to_owned();
-    w.json(
-        Who::Human(bob),
-        &["deny", &id, "--reason", "skipped denial"],
-    );
-    let out = agent.finish(LIMIT);
-    let t = text(&out);
-    assert!(out.status.success() && t.contains("skipped denial"), "{t}");
+    deny_row_9(agent, "skipped denial");
     assert_eq!(rows(), "1,9");
     // An error that comes back before the agent's Sync: what the agent sends
     // until then is skipped by the database, so a re-Parse of the DELETE's
@@ -899,18 +896,7 @@ s.sendall(msg(b"B", cstr("p") + cstr("a") + b"\x00\x00" * 3)
 print(repr(until_ready()))
 "#,
     );
-    let hold = w.wait_hold(Who::Human(bob), "where i = 9");
-    let id = hold["id"].as_str().expect("id").to_owned();
-    w.json(
-        Who::Human(bob),
-        &["deny", &id, "--reason", "error before sync"],
-    );
-    let out = agent.finish(LIMIT);
-    let t = text(&out);
-    assert!(
-        out.status.success() && t.contains("error before sync"),
-        "{t}"
-    );
+    deny_row_9(agent, "error before sync");
     assert_eq!(rows(), "1,9");
     // A portal survives a failed batch when ROLLBACK TO SAVEPOINT returns to
     // before it: a Close of it in that batch, skipped, must not make Cordon
@@ -933,18 +919,7 @@ print(repr(until_ready()))
 print(repr(query("commit")))
 "#,
     );
-    let hold = w.wait_hold(Who::Human(bob), "where i = 9");
-    let id = hold["id"].as_str().expect("id").to_owned();
-    w.json(
-        Who::Human(bob),
-        &["deny", &id, "--reason", "savepoint portal"],
-    );
-    let out = agent.finish(LIMIT);
-    let t = text(&out);
-    assert!(
-        out.status.success() && t.contains("savepoint portal"),
-        "{t}"
-    );
+    deny_row_9(agent, "savepoint portal");
     assert_eq!(rows(), "1,9");
     // libpq's COPY FROM STDIN over the extended protocol sends a Sync before
     // the copy data, which the database ignores in copy-in mode, and another
@@ -969,12 +944,7 @@ s.sendall(msg(b"B", cstr("p") + cstr("a3") + b"\x00\x00" * 3)
 print(repr(until_ready()))
 "#,
     );
-    let hold = w.wait_hold(Who::Human(bob), "where i = 9");
-    let id = hold["id"].as_str().expect("id").to_owned();
-    w.json(Who::Human(bob), &["deny", &id, "--reason", "after copy"]);
-    let out = agent.finish(LIMIT);
-    let t = text(&out);
-    assert!(out.status.success() && t.contains("after copy"), "{t}");
+    deny_row_9(agent, "after copy");
     assert_eq!(rows(), "1,5,9");
 }
 
