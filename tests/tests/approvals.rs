@@ -713,6 +713,11 @@ def until_ready():
         body = f.read(struct.unpack("!I", head[1:])[0] - 4)
         seen.append(head[:1].decode() + " " + body.decode(errors="replace"))
         if head[:1] == b"Z": return seen
+def execute(statement):
+    """Binds portal p to `statement`, executes it and syncs."""
+    s.sendall(msg(b"B", cstr("p") + cstr(statement) + b"\x00\x00" * 3)
+              + msg(b"E", cstr("p") + struct.pack("!I", 0)) + msg(b"S", b""))
+    return until_ready()
 until_ready()
 {actions}
 "#,
@@ -872,9 +877,7 @@ s.sendall(msg(b"P", cstr("") + cstr("delete from t_params where i = 9") + b"\x00
           + msg(b"P", cstr("") + cstr("select pg_read_file('/etc/hostname')") + b"\x00\x00")
           + msg(b"S", b""))
 print(repr(until_ready()))
-s.sendall(msg(b"B", cstr("p") + cstr("") + b"\x00\x00" * 3)
-          + msg(b"E", cstr("p") + struct.pack("!I", 0)) + msg(b"S", b""))
-print(repr(until_ready()))
+print(repr(execute("")))
 "#,
     );
     deny_row_9(agent, "skipped denial");
@@ -891,9 +894,7 @@ head = f.read(5); f.read(struct.unpack("!I", head[1:])[0] - 4)
 print("error first:", head[:1])
 s.sendall(msg(b"P", cstr("a") + cstr("select 1") + b"\x00\x00") + msg(b"S", b""))
 print(repr(until_ready()))
-s.sendall(msg(b"B", cstr("p") + cstr("a") + b"\x00\x00" * 3)
-          + msg(b"E", cstr("p") + struct.pack("!I", 0)) + msg(b"S", b""))
-print(repr(until_ready()))
+print(repr(execute("a")))
 "#,
     );
     deny_row_9(agent, "error before sync");
@@ -939,9 +940,7 @@ s.sendall(msg(b"P", cstr("a3") + cstr("delete from t_params where i = 9") + b"\x
 print(repr(until_ready()))
 s.sendall(msg(b"P", cstr("a3") + cstr("select 1") + b"\x00\x00") + msg(b"S", b""))
 print(repr(until_ready()))
-s.sendall(msg(b"B", cstr("p") + cstr("a3") + b"\x00\x00" * 3)
-          + msg(b"E", cstr("p") + struct.pack("!I", 0)) + msg(b"S", b""))
-print(repr(until_ready()))
+print(repr(execute("a3")))
 "#,
     );
     deny_row_9(agent, "after copy");

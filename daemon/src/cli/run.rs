@@ -92,47 +92,20 @@ fn check_stdio_sockets() -> anyhow::Result<()> {
         if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
             continue;
         }
-        let mut domain: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: SO_DOMAIN writes one c_int into `domain`, whose size is passed.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_DOMAIN,
-                (&raw mut domain).cast(),
-                &mut len,
-            )
-        };
-        if rc != 0 || domain != libc::AF_UNIX {
+        let domain = socket_option(fd, libc::SO_DOMAIN)
+            .map_err(|e| anyhow::anyhow!("{name} is a socket whose family cannot be read: {e}"))?;
+        if domain != libc::AF_UNIX {
             bail!(
                 "{name} is a network socket: made outside the agent's cgroup, it is outside capture, \
-                 and even a connected one can be disconnected and connected anywhere; start the agent \
-                 with a pipe, a file, a terminal or a unix socket there"
+                 and even a connected one can be disconnected and connected anywhere; {START_WITH}"
             );
         }
-        let mut ty: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: SO_TYPE writes one c_int into `ty`, whose size is passed.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_TYPE,
-                (&raw mut ty).cast(),
-                &mut len,
-            )
-        };
-        if rc != 0 {
-            bail!(
-                "{name} is a socket whose type cannot be read: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+        let ty = socket_option(fd, libc::SO_TYPE)
+            .map_err(|e| anyhow::anyhow!("{name} is a socket whose type cannot be read: {e}"))?;
         if ty != libc::SOCK_STREAM && ty != libc::SOCK_SEQPACKET {
             bail!(
                 "{name} is a datagram socket: the agent could send anywhere through it, outside capture; \
-                 start it with a pipe, a file or a terminal there"
+                 {START_WITH}"
             );
         }
         // SAFETY: getpeername writes at most `len` bytes into the buffer.
@@ -141,11 +114,37 @@ fn check_stdio_sockets() -> anyhow::Result<()> {
         if unsafe { libc::getpeername(fd, (&raw mut addr).cast(), &mut len) } != 0 {
             bail!(
                 "{name} is an unconnected or listening socket: the agent could connect or accept through it, \
-                 outside capture; start it with a pipe, a file or a terminal there"
+                 outside capture; {START_WITH}"
             );
         }
     }
     Ok(())
+}
+
+/// What stdio may be instead, for the refusals above.
+const START_WITH: &str =
+    "start the agent with a pipe, a file, a terminal or a connected unix socket there";
+
+/// An int-valued SOL_SOCKET option of `fd`.
+#[allow(unsafe_code)]
+fn socket_option(fd: libc::c_int, option: libc::c_int) -> std::io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the option writes at most `len` bytes into `value`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&raw mut value).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Marks every descriptor above 2 close-on-exec.

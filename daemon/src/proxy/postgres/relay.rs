@@ -149,11 +149,12 @@ enum Expect {
     Sync,
 }
 
-/// What a statement name meant in Cordon's map before a Parse or Close
-/// changed it on its way to the database. The map changes when the message
-/// is sent (a pipelined Bind must see it); when the database fails the
-/// message, or skips it after an earlier error, the change is undone, so the
-/// map never names a statement the database does not hold under that name.
+/// What a statement or portal name meant in Cordon's maps before a Parse,
+/// Bind or Close changed it on its way to the database. The maps change when
+/// the message is sent (a pipelined Bind or Execute must see it); when the
+/// database fails the message, or skips it after an earlier error, the
+/// change is undone, so the maps do not lose or rename what the database
+/// holds under that name.
 #[derive(Debug)]
 enum Undo {
     Statement {
@@ -1063,31 +1064,19 @@ impl Session {
     /// Puts a statement or portal name back to what it meant before a
     /// message the database failed or skipped.
     fn undo(&mut self, undo: Undo) {
+        fn restore<V>(map: &mut HashMap<String, V>, name: String, previous: Option<V>) {
+            match previous {
+                Some(v) => {
+                    map.insert(name, v);
+                }
+                None => {
+                    map.remove(&name);
+                }
+            }
+        }
         match undo {
-            Undo::Statement {
-                name,
-                previous: Some(p),
-            } => {
-                self.prepared.insert(name, p);
-            }
-            Undo::Statement {
-                name,
-                previous: None,
-            } => {
-                self.prepared.remove(&name);
-            }
-            Undo::Portal {
-                name,
-                previous: Some(p),
-            } => {
-                self.portals.insert(name, p);
-            }
-            Undo::Portal {
-                name,
-                previous: None,
-            } => {
-                self.portals.remove(&name);
-            }
+            Undo::Statement { name, previous } => restore(&mut self.prepared, name, previous),
+            Undo::Portal { name, previous } => restore(&mut self.portals, name, previous),
         }
     }
 
